@@ -1,0 +1,151 @@
+package token
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/uuid"
+)
+
+// MaxLength bounds the size of a token accepted by Verify (bytes). Larger
+// input is rejected as ErrMalformed before any decoding.
+const MaxLength = 8 << 10
+
+// ClaimsVersion is written into the version claim of tokens we issue.
+const ClaimsVersion = "1.0.0"
+
+// IssueOptions describes a token to issue.
+type IssueOptions struct {
+	Kind      Kind
+	Issuer    string        // fleet URL
+	ProjectID string        // required for every kind but admin
+	Subject   string        // agent id, for KindAgent
+	TTL       time.Duration // 0 means no exp
+	Labels    map[string]string
+	MaxUses   int  // bootstrap tokens; 0 means unlimited
+	ReadOnly  bool // admin tokens that may only read
+	Now       time.Time
+}
+
+// Issue signs a new token with the active key and returns it with its
+// claims (the caller stores the claims' jti and metadata, never the token).
+func (ks *KeySet) Issue(o IssueOptions) (string, *Claims, error) {
+	now := o.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	c := &Claims{
+		Issuer:    o.Issuer,
+		Subject:   o.Subject,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ID:        uuid.NewString(),
+		ProjectID: o.ProjectID,
+		Version:   ClaimsVersion,
+		Labels:    o.Labels,
+	}
+	if o.ProjectID != "" {
+		c.Audience = jwt.ClaimStrings{o.ProjectID}
+	}
+	if o.TTL > 0 {
+		c.ExpiresAt = jwt.NewNumericDate(now.Add(o.TTL))
+	}
+	switch o.Kind {
+	case KindProject:
+		c.WriteProfiles = true
+	case KindBootstrap:
+		c.Enroll = true
+		c.MaxUses = o.MaxUses
+	case KindAgent:
+		if o.Subject == "" {
+			return "", nil, fmt.Errorf("issue agent token: subject (agent id) is required")
+		}
+		c.WriteProfiles, c.Fleet = true, true
+	case KindAdmin:
+		c.Admin = true
+		c.ReadOnly = o.ReadOnly
+	default:
+		return "", nil, fmt.Errorf("issue token: unknown kind %q", o.Kind)
+	}
+	if o.Kind != KindAdmin && o.ProjectID == "" {
+		return "", nil, fmt.Errorf("issue %s token: project id is required", o.Kind)
+	}
+	k := ks.signer()
+	t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, c)
+	t.Header["kid"] = k.ID
+	s, err := t.SignedString(k.private)
+	if err != nil {
+		return "", nil, fmt.Errorf("sign token: %w", err)
+	}
+	return s, c, nil
+}
+
+// Verify checks a token's encoding, algorithm, key, signature and time
+// claims, and returns its claims. It does not check revocation, project
+// existence or scope; fleet/auth does, with the store. Errors wrap the
+// package sentinels (ErrMalformed, ErrAlgorithm, ErrUnknownKey,
+// ErrSignature, ErrExpired).
+func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
+	if len(raw) > MaxLength {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(raw), MaxLength)
+	}
+	if now.IsZero() {
+		now = time.Now()
+	}
+	p := jwt.NewParser(
+		jwt.WithValidMethods([]string{"EdDSA"}),
+		jwt.WithLeeway(30*time.Second),
+		jwt.WithTimeFunc(func() time.Time { return now }),
+		jwt.WithIssuedAt(),
+	)
+	// Check the algorithm first so "none" and HS256 are named as such.
+	unverified, _, err := p.ParseUnverified(raw, &Claims{})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if alg, _ := unverified.Header["alg"].(string); alg != "EdDSA" {
+		return nil, fmt.Errorf("%w: alg %q, want EdDSA", ErrAlgorithm, alg)
+	}
+	claims := &Claims{}
+	_, err = p.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
+		kidv, present := t.Header["kid"]
+		if !present {
+			// Tokens of the hosted shape carry no kid: try every live key.
+			vs := ks.verifiers()
+			keys := make([]jwt.VerificationKey, len(vs))
+			for i, v := range vs {
+				keys[i] = v
+			}
+			return jwt.VerificationKeySet{Keys: keys}, nil
+		}
+		kid, ok := kidv.(string)
+		if !ok {
+			return nil, fmt.Errorf("%w: kid is not a string", ErrMalformed)
+		}
+		k, ok := ks.verifier(kid)
+		if !ok {
+			return nil, fmt.Errorf("%w: kid %q", ErrUnknownKey, kid)
+		}
+		return ed25519.PublicKey(k.Public()), nil
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrUnknownKey), errors.Is(err, ErrMalformed):
+		return nil, err
+	case errors.Is(err, jwt.ErrTokenExpired), errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return nil, fmt.Errorf("%w: %w", ErrExpired, err)
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
+	default:
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if claims.ID == "" {
+		return nil, fmt.Errorf("%w: missing jti", ErrMalformed)
+	}
+	if !claims.Admin && claims.ProjectID == "" {
+		return nil, fmt.Errorf("%w: missing projectId", ErrMalformed)
+	}
+	return claims, nil
+}

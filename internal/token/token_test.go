@@ -1,0 +1,214 @@
+package token
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+func newKeySet(t *testing.T) *KeySet {
+	t.Helper()
+	ks, err := OpenKeySet(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+func issue(t *testing.T, ks *KeySet, o IssueOptions) string {
+	t.Helper()
+	if o.ProjectID == "" && o.Kind != KindAdmin {
+		o.ProjectID = "p1"
+	}
+	s, _, err := ks.Issue(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func b64(v any) string {
+	b, _ := json.Marshal(v)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func TestIssueVerifyRoundTrip(t *testing.T) {
+	ks := newKeySet(t)
+	for _, kind := range []Kind{KindProject, KindBootstrap, KindAgent, KindAdmin} {
+		t.Run(string(kind), func(t *testing.T) {
+			raw := issue(t, ks, IssueOptions{Kind: kind, Subject: "agent-1", TTL: time.Hour, Labels: map[string]string{"cluster": "a"}})
+			c, err := ks.Verify(raw, time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Kind() != kind {
+				t.Errorf("kind = %s, want %s", c.Kind(), kind)
+			}
+			if c.ID == "" || c.Version != ClaimsVersion {
+				t.Errorf("claims = %+v", c)
+			}
+		})
+	}
+}
+
+// The hosted product's documented token: header {"alg":"EdDSA"} (no kid),
+// iat in nanoseconds. Signed by our key it must verify.
+func TestHostedShapeNanosecondIat(t *testing.T) {
+	ks := newKeySet(t)
+	k := ks.signer()
+	iat := time.Now().Add(-time.Hour)
+	header := b64(map[string]any{"alg": "EdDSA"})
+	payload := b64(map[string]any{
+		"aud": "4f1b0f4e-1111-2222-3333-444455556666", "iat": iat.UnixNano(), "iss": "https://fleet.example",
+		"jti": "0e6b3c49-7d2c-4d6a-8c7e-6c1f2d3e4f50", "projectId": "4f1b0f4e-1111-2222-3333-444455556666",
+		"version": "1.0.0", "writeProfiles": true,
+	})
+	sig := ed25519.Sign(k.private, []byte(header+"."+payload))
+	raw := header + "." + payload + "." + base64.RawURLEncoding.EncodeToString(sig)
+	c, err := ks.Verify(raw, time.Time{})
+	if err != nil {
+		t.Fatalf("hosted shape rejected: %v", err)
+	}
+	if !c.WriteProfiles || c.Kind() != KindProject {
+		t.Errorf("claims = %+v", c)
+	}
+	if d := c.IssuedAt.Time.Sub(iat); d > time.Second || d < -time.Second {
+		t.Errorf("iat normalized to %v, want %v", c.IssuedAt.Time, iat)
+	}
+	// And in seconds.
+	payload = b64(map[string]any{"iat": iat.Unix(), "jti": "x", "projectId": "p", "writeProfiles": true})
+	sig = ed25519.Sign(k.private, []byte(header+"."+payload))
+	if _, err := ks.Verify(header+"."+payload+"."+base64.RawURLEncoding.EncodeToString(sig), time.Time{}); err != nil {
+		t.Fatalf("iat in seconds rejected: %v", err)
+	}
+}
+
+// The bad-token matrix: each case is rejected with its own sentinel.
+func TestBadTokens(t *testing.T) {
+	ks := newKeySet(t)
+	good := issue(t, ks, IssueOptions{Kind: KindProject})
+	parts := strings.Split(good, ".")
+	other := newKeySet(t)
+	pub := ks.signer().Public()
+
+	hs256 := func() string {
+		tk := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"jti": "j", "projectId": "p1", "writeProfiles": true})
+		tk.Header["kid"] = ks.ActiveID()
+		s, err := tk.SignedString([]byte(pub))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}()
+	tampered := func() string {
+		var m map[string]any
+		b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		_ = json.Unmarshal(b, &m)
+		m["projectId"] = "someone-else"
+		return parts[0] + "." + b64(m) + "." + parts[2]
+	}()
+	badSig := func() string {
+		sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+		sig[0] ^= 0xff
+		return parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sig)
+	}()
+	expired := issue(t, ks, IssueOptions{Kind: KindProject, TTL: time.Minute, Now: time.Now().Add(-time.Hour)})
+	unknownKid := issue(t, other, IssueOptions{Kind: KindProject})
+	bigHeader := b64(map[string]any{"alg": "EdDSA", "pad": strings.Repeat("x", MaxLength)}) + "." + parts[1] + "." + parts[2]
+	_, randomPriv, _ := ed25519.GenerateKey(rand.Reader)
+	foreignNoKid := func() string {
+		h := b64(map[string]any{"alg": "EdDSA"})
+		p := parts[1]
+		return h + "." + p + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(randomPriv, []byte(h+"."+p)))
+	}()
+
+	cases := []struct {
+		name string
+		raw  string
+		want error
+	}{
+		{"alg_none", b64(map[string]any{"alg": "none", "typ": "JWT"}) + "." + parts[1] + ".", ErrAlgorithm},
+		{"hs256_with_public_key", hs256, ErrAlgorithm},
+		{"unknown_kid", unknownKid, ErrUnknownKey},
+		{"tampered_payload", tampered, ErrSignature},
+		{"bad_signature", badSig, ErrSignature},
+		{"foreign_key_without_kid", foreignNoKid, ErrSignature},
+		{"expired", expired, ErrExpired},
+		{"malformed_two_parts", parts[0] + "." + parts[1], ErrMalformed},
+		{"truncated", good[:len(good)/2], ErrMalformed},
+		{"garbage", "not-a-token", ErrMalformed},
+		{"empty", "", ErrMalformed},
+		{"oversized_header", bigHeader, ErrMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ks.Verify(tc.raw, time.Time{})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Verify error = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestKeyRotationAndRetire(t *testing.T) {
+	dir := t.TempDir()
+	ks, err := OpenKeySet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := issue(t, ks, IssueOptions{Kind: KindProject})
+	oldKid := ks.ActiveID()
+	if _, err := ks.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	newTok := issue(t, ks, IssueOptions{Kind: KindProject})
+	for _, raw := range []string{old, newTok} {
+		if _, err := ks.Verify(raw, time.Time{}); err != nil {
+			t.Fatalf("after rotate: %v", err)
+		}
+	}
+	if len(ks.JWKS()["keys"]) != 2 {
+		t.Fatalf("jwks = %+v", ks.JWKS())
+	}
+	if err := ks.Retire(ks.ActiveID()); err == nil {
+		t.Fatal("retiring the active key must fail")
+	}
+	if err := ks.Retire(oldKid); err != nil {
+		t.Fatal(err)
+	}
+	// State survives a reopen.
+	ks2, err := OpenKeySet(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks2.Verify(old, time.Time{}); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("old token after retire: %v, want ErrUnknownKey", err)
+	}
+	if _, err := ks2.Verify(newTok, time.Time{}); err != nil {
+		t.Fatalf("new token after reopen: %v", err)
+	}
+}
+
+func FuzzVerify(f *testing.F) {
+	ks, err := OpenKeySet(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _, _ := ks.Issue(IssueOptions{Kind: KindProject, ProjectID: "p"})
+	f.Add(good)
+	f.Add("eyJhbGciOiJub25lIn0.e30.")
+	f.Add("a.b.c")
+	f.Fuzz(func(t *testing.T, raw string) {
+		c, err := ks.Verify(raw, time.Time{})
+		if err == nil && (c == nil || c.ID == "") {
+			t.Fatalf("accepted token without jti: %q", raw)
+		}
+	})
+}
