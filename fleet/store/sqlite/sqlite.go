@@ -1,0 +1,430 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is a store.Store on one SQLite file.
+type Store struct {
+	db *sql.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at path and applies
+// pending migrations.
+func Open(ctx context.Context, file string) (*Store, error) {
+	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(ON)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", file, err)
+	}
+	db.SetMaxOpenConns(8)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the handle for tests and health checks.
+func (s *Store) DB() *sql.DB { return s.db }
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("create migrations table: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("list migrations: %w", err)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		v := strings.TrimSuffix(path.Base(n), ".sql")
+		var one int
+		err := s.db.QueryRowContext(ctx, `SELECT 1 FROM schema_migrations WHERE version = ?`, v).Scan(&one)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("check migration %s: %w", v, err)
+		}
+		body, err := migrations.ReadFile(n)
+		if err != nil {
+			return fmt.Errorf("read migration %s: %w", v, err)
+		}
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, time.Now().Unix()); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+	}
+	return nil
+}
+
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code()
+		return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func msp(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+func fromNull(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMS(v.Int64)
+	return &t
+}
+
+// Projects.
+
+func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, ms(p.CreatedAt))
+	if isUnique(err) {
+		return fmt.Errorf("create project %q: %w", p.Name, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create project: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) ProjectByID(ctx context.Context, id string) (*store.Project, error) {
+	p := &store.Project{}
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("project %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get project: %w", err)
+	}
+	p.CreatedAt = fromMS(created)
+	return p, nil
+}
+
+func (s *Store) ListProjects(ctx context.Context) ([]*store.Project, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM projects ORDER BY created_at, name`)
+	if err != nil {
+		return nil, fmt.Errorf("list projects: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Project
+	for rows.Next() {
+		p := &store.Project{}
+		var created int64
+		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
+			return nil, fmt.Errorf("list projects: %w", err)
+		}
+		p.CreatedAt = fromMS(created)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// Tokens.
+
+const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_uses, uses, read_only, created_by, created_at, expires_at, last_used_at, revoked_at`
+
+func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
+	labels, _ := json.Marshal(t.Labels)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
+		t.CreatedBy, ms(t.CreatedAt), msp(t.ExpiresAt), msp(t.LastUsedAt), msp(t.RevokedAt))
+	if isUnique(err) {
+		return fmt.Errorf("create token %q: %w", t.ID, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create token: %w", err)
+	}
+	return nil
+}
+
+type scanner interface{ Scan(...any) error }
+
+func scanToken(r scanner) (*store.Token, error) {
+	t := &store.Token{}
+	var labels, kind string
+	var created int64
+	var exp, used, revoked sql.NullInt64
+	if err := r.Scan(&t.ID, &t.ProjectID, &t.Name, &kind, &labels, &t.AgentID, &t.KeyID, &t.MaxUses, &t.Uses, &t.ReadOnly,
+		&t.CreatedBy, &created, &exp, &used, &revoked); err != nil {
+		return nil, err
+	}
+	t.Kind = store.TokenKind(kind)
+	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
+		return nil, fmt.Errorf("token %s labels: %w", t.ID, err)
+	}
+	t.CreatedAt = fromMS(created)
+	t.ExpiresAt, t.LastUsedAt, t.RevokedAt = fromNull(exp), fromNull(used), fromNull(revoked)
+	return t, nil
+}
+
+func (s *Store) TokenByID(ctx context.Context, id string) (*store.Token, error) {
+	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("token %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get token: %w", err)
+	}
+	return t, nil
+}
+
+func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.TokenKind) ([]*store.Token, error) {
+	q := `SELECT ` + tokenCols + ` FROM tokens WHERE project_id = ?`
+	args := []any{projectID}
+	if kind != "" {
+		q += ` AND kind = ?`
+		args = append(args, string(kind))
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("revoke token %q: %w", id, store.ErrNotFound)
+	}
+	return nil
+}
+
+func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?`, ms(t))
+	if err != nil {
+		return nil, fmt.Errorf("list revoked: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list revoked: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
+	if err != nil {
+		return fmt.Errorf("use token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.TokenByID(ctx, id); err != nil {
+			return err
+		}
+		return fmt.Errorf("token %q: %w", id, store.ErrExhausted)
+	}
+	return nil
+}
+
+func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
+		return fmt.Errorf("touch token: %w", err)
+	}
+	return nil
+}
+
+// Agents. The record is stored as a JSON document; project and version
+// are columns for filtering and optimistic concurrency.
+
+func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
+	now := time.Now().UTC()
+	if a.CreatedAt.IsZero() {
+		a.CreatedAt = now
+	}
+	a.UpdatedAt = now
+	prev := a.RowVersion
+	a.RowVersion = prev + 1
+	doc, err := json.Marshal(a)
+	if err != nil {
+		a.RowVersion = prev
+		return fmt.Errorf("encode agent: %w", err)
+	}
+	var res sql.Result
+	if prev == 0 {
+		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		if isUnique(err) {
+			a.RowVersion = prev
+			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
+		}
+	} else {
+		res, err = s.db.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
+	}
+	if err != nil {
+		a.RowVersion = prev
+		return fmt.Errorf("upsert agent: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		a.RowVersion = prev
+		return fmt.Errorf("update agent %s at version %d: %w", a.ID, prev, store.ErrConflict)
+	}
+	return nil
+}
+
+func decodeAgent(doc string, ver int64) (*store.Agent, error) {
+	a := &store.Agent{}
+	if err := json.Unmarshal([]byte(doc), a); err != nil {
+		return nil, fmt.Errorf("decode agent: %w", err)
+	}
+	a.RowVersion = ver
+	return a, nil
+}
+
+func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) {
+	var doc string
+	var ver int64
+	err := s.db.QueryRowContext(ctx, `SELECT doc, row_version FROM agents WHERE id = ?`, id).Scan(&doc, &ver)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("agent %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get agent: %w", err)
+	}
+	return decodeAgent(doc, ver)
+}
+
+func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
+	q := `SELECT doc, row_version FROM agents`
+	var args []any
+	if f.ProjectID != "" {
+		q += ` WHERE project_id = ?`
+		args = append(args, f.ProjectID)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Agent
+	for rows.Next() {
+		var doc string
+		var ver int64
+		if err := rows.Scan(&doc, &ver); err != nil {
+			return nil, fmt.Errorf("list agents: %w", err)
+		}
+		a, err := decodeAgent(doc, ver)
+		if err != nil {
+			return nil, err
+		}
+		if f.Match == nil || f.Match(a) {
+			out = append(out, a)
+		}
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) MarkAllDisconnected(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1`)
+	if err != nil {
+		return fmt.Errorf("mark agents disconnected: %w", err)
+	}
+	return nil
+}
+
+// Audit.
+
+func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?)`, ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result)
+	if err != nil {
+		return fmt.Errorf("append audit: %w", err)
+	}
+	e.ID, _ = res.LastInsertId()
+	return nil
+}
+
+func (s *Store) ListAudit(ctx context.Context, projectID string, limit int) ([]*store.AuditEntry, error) {
+	if limit <= 0 || limit > 10000 {
+		limit = 1000
+	}
+	q := `SELECT id, time, actor, project_id, action, target, result FROM audit`
+	var args []any
+	if projectID != "" {
+		q += ` WHERE project_id = ?`
+		args = append(args, projectID)
+	}
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.AuditEntry
+	for rows.Next() {
+		e := &store.AuditEntry{}
+		var t int64
+		if err := rows.Scan(&e.ID, &t, &e.Actor, &e.ProjectID, &e.Action, &e.Target, &e.Result); err != nil {
+			return nil, fmt.Errorf("list audit: %w", err)
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

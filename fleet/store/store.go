@@ -1,0 +1,149 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by every Store implementation.
+var (
+	// ErrNotFound: no record with that key.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a stale write (Version mismatch) or a duplicate key.
+	ErrConflict = errors.New("conflict")
+	// ErrExhausted: a bootstrap token has no uses left.
+	ErrExhausted = errors.New("token has no uses left")
+)
+
+// Project groups tokens, agents, configs and profiles.
+type Project struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// TokenKind mirrors token.Kind without importing it.
+type TokenKind string
+
+// Token is the stored metadata of an issued token. The token itself is
+// never stored.
+type Token struct {
+	ID         string            `json:"id"` // the jti
+	ProjectID  string            `json:"projectId,omitempty"`
+	Name       string            `json:"name"`
+	Kind       TokenKind         `json:"kind"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	AgentID    string            `json:"agentId,omitempty"` // agent credentials
+	KeyID      string            `json:"keyId"`
+	MaxUses    int               `json:"maxUses,omitempty"`
+	Uses       int               `json:"uses"`
+	ReadOnly   bool              `json:"readOnly,omitempty"`
+	CreatedBy  string            `json:"createdBy,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	ExpiresAt  *time.Time        `json:"expiresAt,omitempty"`
+	LastUsedAt *time.Time        `json:"lastUsedAt,omitempty"`
+	RevokedAt  *time.Time        `json:"revokedAt,omitempty"`
+}
+
+// Agent is one enrolled agent and what the fleet last heard from it.
+type Agent struct {
+	ID           string            `json:"id"` // OpAMP instance uid (hex)
+	ProjectID    string            `json:"projectId"`
+	Hostname     string            `json:"hostname"`
+	Platform     string            `json:"platform"` // kubernetes | systemd | host
+	Version      string            `json:"version"`
+	Labels       map[string]string `json:"labels"`
+	Description  map[string]string `json:"description,omitempty"` // identifying + non-identifying attributes
+	EnrolledWith string            `json:"enrolledWith"`          // bootstrap token id
+
+	Connected bool      `json:"connected"`
+	LastSeen  time.Time `json:"lastSeen"`
+	Healthy   bool      `json:"healthy"`
+	Health    string    `json:"health,omitempty"` // status / last error
+
+	CredentialID        string     `json:"credentialId"`
+	CredentialExpiresAt *time.Time `json:"credentialExpiresAt,omitempty"`
+	PendingCredentialID string     `json:"pendingCredentialId,omitempty"`
+	RotationStatus      string     `json:"rotationStatus,omitempty"` // "", pending, rotated, failed
+	RotationError       string     `json:"rotationError,omitempty"`
+
+	ConfigHash      string `json:"configHash,omitempty"`   // hash the agent reports as applied or failed
+	ConfigStatus    string `json:"configStatus,omitempty"` // APPLYING | APPLIED | FAILED
+	ConfigError     string `json:"configError,omitempty"`
+	EffectiveConfig string `json:"effectiveConfig,omitempty"`
+
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+	// Version of the row for optimistic concurrency: UpsertAgent with a
+	// Version that is not the stored one fails with ErrConflict. 0 creates.
+	RowVersion int64 `json:"rowVersion"`
+}
+
+// AgentFilter narrows ListAgents. Zero fields match everything.
+type AgentFilter struct {
+	ProjectID string
+	Match     func(*Agent) bool // applied in Go after the SQL filter (label selectors)
+}
+
+// AuditEntry records one admin action.
+type AuditEntry struct {
+	ID        int64     `json:"id"`
+	Time      time.Time `json:"time"`
+	Actor     string    `json:"actor"`
+	ProjectID string    `json:"projectId,omitempty"`
+	Action    string    `json:"action"`
+	Target    string    `json:"target,omitempty"`
+	Result    string    `json:"result"` // ok | error: ...
+}
+
+// Projects stores projects.
+type Projects interface {
+	CreateProject(ctx context.Context, p *Project) error
+	ProjectByID(ctx context.Context, id string) (*Project, error)
+	ListProjects(ctx context.Context) ([]*Project, error)
+}
+
+// Tokens stores token metadata and revocations.
+type Tokens interface {
+	CreateToken(ctx context.Context, t *Token) error
+	TokenByID(ctx context.Context, id string) (*Token, error)
+	// ListTokens lists a project's tokens (all kinds when kind is "").
+	ListTokens(ctx context.Context, projectID string, kind TokenKind) ([]*Token, error)
+	// RevokeToken marks a token revoked; revoking twice is not an error.
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+	// RevokedSince lists ids revoked at or after t (for revocation caches).
+	RevokedSince(ctx context.Context, t time.Time) ([]string, error)
+	// UseToken counts one use of a token (bootstrap enrollments) and sets
+	// last-used; it fails with ErrExhausted past MaxUses.
+	UseToken(ctx context.Context, id string, at time.Time) error
+	// TouchToken sets last-used without counting a use.
+	TouchToken(ctx context.Context, id string, at time.Time) error
+}
+
+// Agents stores the inventory.
+type Agents interface {
+	// UpsertAgent creates (RowVersion 0) or updates an agent; on success
+	// a.RowVersion holds the new version.
+	UpsertAgent(ctx context.Context, a *Agent) error
+	AgentByID(ctx context.Context, id string) (*Agent, error)
+	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
+	// MarkAllDisconnected is called at start: no agent is connected to a
+	// process that just started.
+	MarkAllDisconnected(ctx context.Context) error
+}
+
+// Audit stores the audit log.
+type Audit interface {
+	AppendAudit(ctx context.Context, e *AuditEntry) error
+	ListAudit(ctx context.Context, projectID string, limit int) ([]*AuditEntry, error)
+}
+
+// Store is everything the fleet keeps. All methods are goroutine-safe.
+type Store interface {
+	Projects
+	Tokens
+	Agents
+	Audit
+	Close() error
+}
