@@ -1,0 +1,829 @@
+package opamp
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-telemetry/opamp-go/protobufs"
+	opampserver "github.com/open-telemetry/opamp-go/server"
+	"github.com/open-telemetry/opamp-go/server/types"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/fleetprof/fleetprof/fleet/auth"
+	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/internal/describe"
+	"github.com/fleetprof/fleetprof/internal/token"
+)
+
+// Path is where the OpAMP endpoint is mounted.
+const Path = "/v1/opamp"
+
+// Errors.
+var (
+	// ErrNotConnected: the agent has no live WebSocket connection here.
+	ErrNotConnected = errors.New("agent not connected")
+)
+
+// Callbacks tell the rest of the fleet what agents report. Each is called
+// from the agent's connection goroutine, never concurrently for one agent,
+// and must return quickly. Nil fields are no-ops (see SetDefaults).
+type Callbacks struct {
+	// OnAgentStatus is called after an agent's record changed (connect,
+	// disconnect, health, config status).
+	OnAgentStatus func(a *store.Agent)
+}
+
+// SetDefaults fills nil callbacks with no-ops.
+func (c *Callbacks) SetDefaults() {
+	if c.OnAgentStatus == nil {
+		c.OnAgentStatus = func(*store.Agent) {}
+	}
+}
+
+// Options configures the server.
+type Options struct {
+	Store  store.Store
+	Auth   *auth.Authenticator
+	Logger *zap.Logger
+	// Registerer receives the server's metrics; nil means none.
+	Registerer prometheus.Registerer
+	// CredentialTTL is the lifetime of agent credentials; 0 means 24h.
+	CredentialTTL time.Duration
+	// RotateAt is the share of a credential's life after which it is
+	// rotated automatically; 0 means 2/3.
+	RotateAt float64
+	// MaxConnections caps WebSocket agents held; beyond it new ones get
+	// 503 + Retry-After. 0 means 19,000 (under the 20,000 file limit).
+	MaxConnections int
+	// MaxPendingHandshakes caps concurrent handshakes; beyond it 429 +
+	// Retry-After. 0 means 512.
+	MaxPendingHandshakes int
+	// MaxMessageBytes bounds a plain-HTTP OpAMP body after decompression.
+	// 0 means 4 MiB.
+	MaxMessageBytes int64
+	// WriteTimeout bounds every send to an agent. 0 means 10s.
+	WriteTimeout time.Duration
+	// HeartbeatInterval offered to agents. 0 means 30s.
+	HeartbeatInterval time.Duration
+	// FailRotation is a test hook: when it returns true for an agent, the
+	// credential offered to it is revoked before it can be used.
+	FailRotation func(agentID string) bool
+	Callbacks    Callbacks
+	Now          func() time.Time
+}
+
+// Server serves OpAMP at Path.
+type Server struct {
+	o       Options
+	log     *zap.Logger
+	handler http.Handler
+	connCtx opampserver.ConnContext
+
+	mu     sync.Mutex
+	conns  map[string]*conn   // agent id → live WebSocket connection
+	byJTI  map[string][]*conn // credential id → connections using it
+	locks  sync.Map           // agent id → *sync.Mutex serializing record updates
+	closed bool
+
+	pending atomic.Int64
+	m       metrics
+}
+
+type metrics struct {
+	connected   prometheus.Gauge
+	rejected    *prometheus.CounterVec
+	enrollments prometheus.Counter
+	messages    prometheus.Counter
+	offers      *prometheus.CounterVec
+}
+
+// conn is the state of one OpAMP connection.
+type conn struct {
+	s         *Server
+	c         types.Connection
+	claims    *token.Claims
+	ws        bool
+	agentID   string
+	lastSeq   uint64
+	haveSeq   bool
+	known     *store.Agent // last record written
+	lastWrite time.Time
+	sendMu    sync.Mutex
+	// offered is set once a credential was offered on this connection, so
+	// that heartbeats on it do not mint candidates while the agent proves
+	// the one it has.
+	offered atomic.Bool
+}
+
+// New creates the server.
+func New(o Options) (*Server, error) {
+	if o.Store == nil || o.Auth == nil {
+		return nil, errors.New("opamp: Store and Auth are required")
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.CredentialTTL <= 0 {
+		o.CredentialTTL = 24 * time.Hour
+	}
+	if o.RotateAt <= 0 || o.RotateAt >= 1 {
+		o.RotateAt = 2.0 / 3
+	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 19000
+	}
+	if o.MaxPendingHandshakes <= 0 {
+		o.MaxPendingHandshakes = 512
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 4 << 20
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	o.Callbacks.SetDefaults()
+	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}}
+	s.m = metrics{
+		connected:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetprof_opamp_connected_agents", Help: "Agents holding a WebSocket connection."}),
+		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_rejected_total", Help: "OpAMP connections refused, by HTTP status."}, []string{"code"}),
+		enrollments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_enrollments_total", Help: "Agents enrolled with a bootstrap token."}),
+		messages:    prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_messages_total", Help: "AgentToServer messages handled."}),
+		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
+	}
+	if o.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.messages, s.m.offers} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("register opamp metrics: %w", err)
+			}
+		}
+	}
+	srv := opampserver.New(&zapLogger{o.Logger.Sugar()})
+	h, cc, err := srv.Attach(opampserver.Settings{Callbacks: types.Callbacks{OnConnecting: s.onConnecting}})
+	if err != nil {
+		return nil, fmt.Errorf("attach opamp server: %w", err)
+	}
+	s.handler = s.limitBody(http.HandlerFunc(h))
+	s.connCtx = cc
+	o.Auth.OnRevoke(s.closeCredential)
+	return s, nil
+}
+
+// Handler is the http.Handler to mount at Path.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// ConnContext must be set as the http.Server's ConnContext (it lets the
+// plain-HTTP transport reach the connection).
+func (s *Server) ConnContext(ctx context.Context, c netConn) context.Context {
+	return s.connCtx(ctx, c)
+}
+
+// limitBody decompresses gzip bodies of the plain-HTTP transport itself,
+// with a bound, so a small gzip bomb cannot balloon in opamp-go.
+func (s *Server) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Content-Type") != "application/x-protobuf" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body := io.Reader(http.MaxBytesReader(w, r.Body, s.o.MaxMessageBytes))
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			zr, err := gzip.NewReader(body)
+			if err != nil {
+				http.Error(w, "opamp: bad gzip body", http.StatusBadRequest)
+				return
+			}
+			body = zr
+			r.Header.Del("Content-Encoding")
+		}
+		b, err := io.ReadAll(io.LimitReader(body, s.o.MaxMessageBytes+1))
+		if err != nil {
+			http.Error(w, "opamp: read body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if int64(len(b)) > s.o.MaxMessageBytes {
+			http.Error(w, fmt.Sprintf("opamp: message larger than %d bytes", s.o.MaxMessageBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		r.ContentLength = int64(len(b))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func retryAfter(base int) map[string]string {
+	// Jitter spreads a herd of refused agents over the next interval.
+	return map[string]string{"Retry-After": strconv.Itoa(base + rand.IntN(base+1))}
+}
+
+func (s *Server) refuse(code int, hdr map[string]string) types.ConnectionResponse {
+	s.m.rejected.WithLabelValues(strconv.Itoa(code)).Inc()
+	return types.ConnectionResponse{Accept: false, HTTPStatusCode: code, HTTPResponseHeader: hdr}
+}
+
+func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
+	if n := s.pending.Add(1); n > int64(s.o.MaxPendingHandshakes) {
+		s.pending.Add(-1)
+		return s.refuse(http.StatusTooManyRequests, retryAfter(2))
+	}
+	defer s.pending.Add(-1)
+	ws := r.Header.Get("Content-Type") != "application/x-protobuf"
+	s.mu.Lock()
+	full, closed := len(s.conns) >= s.o.MaxConnections, s.closed
+	s.mu.Unlock()
+	if closed {
+		return s.refuse(http.StatusServiceUnavailable, retryAfter(5))
+	}
+	if ws && full {
+		return s.refuse(http.StatusServiceUnavailable, retryAfter(15))
+	}
+	raw, ok := auth.Bearer(r.Header.Get("Authorization"))
+	if !ok {
+		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.String("reason", "no bearer token"))
+		return s.refuse(http.StatusUnauthorized, nil)
+	}
+	claims, err := s.o.Auth.Verify(r.Context(), raw)
+	if err == nil {
+		switch claims.Kind() {
+		case token.KindBootstrap, token.KindAgent:
+		default:
+			err = fmt.Errorf("a %s token cannot connect an agent: %w", claims.Kind(), token.ErrScope)
+		}
+	}
+	if err != nil {
+		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		return s.refuse(http.StatusUnauthorized, nil)
+	}
+	c := &conn{s: s, claims: claims, ws: ws}
+	return types.ConnectionResponse{Accept: true, ConnectionCallbacks: types.ConnectionCallbacks{
+		OnConnected:       c.onConnected,
+		OnMessage:         c.onMessage,
+		OnConnectionClose: c.onClose,
+		OnReadMessageError: func(_ types.Connection, _ int, b []byte, err error) {
+			s.log.Debug("malformed opamp frame", zap.String("agent", c.agentID), zap.Int("bytes", len(b)), zap.Error(err))
+		},
+	}}
+}
+
+func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
+
+func (c *conn) onClose(types.Connection) {
+	s := c.s
+	if c.agentID == "" || !c.ws {
+		return
+	}
+	s.mu.Lock()
+	if s.conns[c.agentID] == c {
+		delete(s.conns, c.agentID)
+	}
+	list := s.byJTI[c.claims.ID]
+	for i, x := range list {
+		if x == c {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(s.byJTI, c.claims.ID)
+	} else {
+		s.byJTI[c.claims.ID] = list
+	}
+	s.m.connected.Set(float64(len(s.conns)))
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
+		// Another connection of the same agent may have taken over.
+		if s.isLive(c.agentID) {
+			return errNoChange
+		}
+		a.Connected = false
+		a.LastSeen = s.o.Now().UTC()
+		return nil
+	})
+	if err == nil && a != nil {
+		s.o.Callbacks.OnAgentStatus(a)
+	}
+}
+
+func (s *Server) isLive(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.conns[id]
+	return ok
+}
+
+func (c *conn) register() {
+	s := c.s
+	s.mu.Lock()
+	old := s.conns[c.agentID]
+	s.conns[c.agentID] = c
+	s.byJTI[c.claims.ID] = append(s.byJTI[c.claims.ID], c)
+	s.m.connected.Set(float64(len(s.conns)))
+	s.mu.Unlock()
+	if old != nil && old != c && old.c != nil {
+		// The agent reconnected; the old socket is stale.
+		_ = old.c.Disconnect()
+	}
+}
+
+func (c *conn) fail(msg string) *protobufs.ServerToAgent {
+	c.s.log.Info("opamp agent refused", zap.String("agent", c.agentID), zap.String("reason", msg))
+	if c.c != nil && c.ws {
+		go func(tc types.Connection) {
+			time.Sleep(100 * time.Millisecond)
+			_ = tc.Disconnect()
+		}(c.c)
+	}
+	return &protobufs.ServerToAgent{ErrorResponse: &protobufs.ServerErrorResponse{
+		Type: protobufs.ServerErrorResponseType_ServerErrorResponseType_BadRequest, ErrorMessage: msg,
+	}}
+}
+
+const serverCaps = uint64(protobufs.ServerCapabilities_ServerCapabilities_AcceptsStatus |
+	protobufs.ServerCapabilities_ServerCapabilities_OffersRemoteConfig |
+	protobufs.ServerCapabilities_ServerCapabilities_AcceptsEffectiveConfig |
+	protobufs.ServerCapabilities_ServerCapabilities_OffersPackages |
+	protobufs.ServerCapabilities_ServerCapabilities_AcceptsPackagesStatus |
+	protobufs.ServerCapabilities_ServerCapabilities_OffersConnectionSettings |
+	protobufs.ServerCapabilities_ServerCapabilities_AcceptsConnectionSettingsRequest)
+
+var errNoChange = errors.New("no change")
+
+func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobufs.AgentToServer) *protobufs.ServerToAgent {
+	s := c.s
+	s.m.messages.Inc()
+	if c.c == nil {
+		c.c = tc
+	}
+	if nc := tc.Connection(); nc != nil {
+		_ = nc.SetWriteDeadline(s.o.Now().Add(s.o.WriteTimeout))
+	}
+	if len(msg.InstanceUid) != 16 {
+		return c.fail(fmt.Sprintf("instance_uid must be 16 bytes, got %d", len(msg.InstanceUid)))
+	}
+	id := hex.EncodeToString(msg.InstanceUid)
+	if c.agentID == "" {
+		if c.claims.Kind() == token.KindAgent && c.claims.Subject != id {
+			return c.fail("credential belongs to another agent")
+		}
+		c.agentID = id
+		if c.ws {
+			c.register()
+		}
+	} else if c.agentID != id {
+		return c.fail("instance_uid changed within a connection")
+	}
+	resp := &protobufs.ServerToAgent{InstanceUid: msg.InstanceUid, Capabilities: serverCaps}
+	// Sequence gaps mean we missed state: ask for all of it.
+	if (c.haveSeq && msg.SequenceNum != c.lastSeq+1) || (!c.haveSeq && msg.AgentDescription == nil) {
+		resp.Flags |= uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)
+	}
+	c.lastSeq, c.haveSeq = msg.SequenceNum, true
+
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var offer *protobufs.ConnectionSettingsOffers
+	var err error
+	switch c.claims.Kind() {
+	case token.KindBootstrap:
+		offer, err = c.enroll(ctx, msg)
+	case token.KindAgent:
+		offer, err = c.update(ctx, msg)
+	}
+	if err != nil {
+		var re refusal
+		if errors.As(err, &re) {
+			return c.fail(string(re))
+		}
+		s.log.Error("handle opamp message", zap.String("agent", id), zap.Error(err))
+		resp.ErrorResponse = &protobufs.ServerErrorResponse{
+			Type:         protobufs.ServerErrorResponseType_ServerErrorResponseType_Unavailable,
+			ErrorMessage: "fleet store unavailable, retry",
+			Details: &protobufs.ServerErrorResponse_RetryInfo{RetryInfo: &protobufs.RetryInfo{
+				RetryAfterNanoseconds: uint64(2*time.Second + rand.N(3*time.Second)),
+			}},
+		}
+		return resp
+	}
+	resp.ConnectionSettings = offer
+	return resp
+}
+
+// refusal is an error that is the agent's fault: reported and disconnected.
+type refusal string
+
+func (r refusal) Error() string { return string(r) }
+
+func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Time) {
+	a.LastSeen = now
+	if msg.AgentDescription != nil {
+		d := describe.Decode(msg.AgentDescription)
+		a.Hostname, a.Platform, a.Version = d.Hostname, d.Platform, d.Version
+		a.Description = describe.Attributes(msg.AgentDescription)
+		labels := d.SelectorLabels()
+		// Labels of the bootstrap token are kept and win: they are what
+		// the operator assigned.
+		for k, v := range a.Labels {
+			if _, fromAgent := labels[k]; !fromAgent || isTokenLabel(a, k) {
+				labels[k] = v
+			}
+		}
+		a.Labels = labels
+	}
+	if h := msg.Health; h != nil {
+		a.Healthy = h.Healthy
+		a.Health = h.Status
+		if h.LastError != "" {
+			a.Health = h.LastError
+		}
+	}
+	if st := msg.RemoteConfigStatus; st != nil {
+		a.ConfigHash = hex.EncodeToString(st.LastRemoteConfigHash)
+		a.ConfigStatus = remoteStatusName(st.Status)
+		a.ConfigError = st.ErrorMessage
+	}
+	if ec := msg.EffectiveConfig; ec != nil && ec.ConfigMap != nil {
+		if f := ec.ConfigMap.ConfigMap[""]; f != nil {
+			a.EffectiveConfig = string(f.Body)
+		}
+	}
+}
+
+func isTokenLabel(a *store.Agent, k string) bool {
+	_, ok := a.Description["fleetprof.token_label."+k]
+	return ok
+}
+
+func remoteStatusName(s protobufs.RemoteConfigStatuses) string {
+	switch s {
+	case protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED:
+		return "APPLIED"
+	case protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLYING:
+		return "APPLYING"
+	case protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED:
+		return "FAILED"
+	}
+	return ""
+}
+
+// enroll handles a message on a bootstrap-token connection: record the
+// agent (once: the instance uid is its identity) and offer a credential.
+func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*protobufs.ConnectionSettingsOffers, error) {
+	s := c.s
+	now := s.o.Now().UTC()
+	if c.offered.Load() {
+		a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
+			applyDescription(a, msg, now)
+			a.Connected = c.ws
+			return nil
+		})
+		if err == nil && a != nil {
+			s.o.Callbacks.OnAgentStatus(a)
+		}
+		return nil, err
+	}
+	existing, err := s.o.Store.AgentByID(ctx, c.agentID)
+	switch {
+	case err == nil:
+		if existing.ProjectID != c.claims.ProjectID {
+			return nil, refusal("agent id is enrolled in another project")
+		}
+	case errors.Is(err, store.ErrNotFound):
+		if err := s.o.Store.UseToken(ctx, c.claims.ID, now); err != nil {
+			if errors.Is(err, store.ErrExhausted) {
+				return nil, refusal("bootstrap token has no enrollments left")
+			}
+			if !errors.Is(err, store.ErrNotFound) {
+				return nil, err
+			}
+		}
+		a := &store.Agent{ID: c.agentID, ProjectID: c.claims.ProjectID, EnrolledWith: c.claims.ID, Labels: map[string]string{}, CreatedAt: now}
+		for k, v := range c.claims.Labels {
+			a.Labels[k] = v
+		}
+		applyDescription(a, msg, now)
+		a.Connected = c.ws
+		if a.Description == nil {
+			a.Description = map[string]string{}
+		}
+		for k := range c.claims.Labels {
+			a.Description["fleetprof.token_label."+k] = c.claims.Labels[k]
+		}
+		if err := s.o.Store.UpsertAgent(ctx, a); err != nil && !errors.Is(err, store.ErrConflict) {
+			return nil, err
+		}
+		s.m.enrollments.Inc()
+		s.log.Info("agent enrolled", zap.String("agent", c.agentID), zap.String("project", a.ProjectID), zap.String("platform", a.Platform))
+	default:
+		return nil, err
+	}
+	c.offered.Store(true)
+	// (Re-)enrollment: offer a fresh credential. Older pending candidates
+	// of this agent are revoked; its current credential stays valid until
+	// the new one is proven.
+	return s.offerCredential(ctx, c.agentID, "enroll", func(a *store.Agent) {
+		applyDescription(a, msg, now)
+		if c.ws {
+			a.Connected = true
+		}
+	})
+}
+
+// update handles a message on an agent-credential connection.
+func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*protobufs.ConnectionSettingsOffers, error) {
+	s := c.s
+	now := s.o.Now().UTC()
+	jti := c.claims.ID
+	var revokeOld string
+	var needOffer, failed bool
+	var failMsg string
+	if st := msg.ConnectionSettingsStatus; st != nil && st.Status == protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED {
+		failed, failMsg = true, st.ErrorMessage
+	}
+	a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
+		before := *a
+		applyDescription(a, msg, now)
+		if c.ws {
+			a.Connected = true
+		}
+		switch {
+		case jti == a.PendingCredentialID:
+			// The agent proved the candidate: it becomes current and the
+			// old one is retired.
+			if a.CredentialID != "" && a.CredentialID != jti {
+				revokeOld = a.CredentialID
+			}
+			a.CredentialID, a.PendingCredentialID = jti, ""
+			a.CredentialExpiresAt = c.expiry()
+			a.RotationStatus, a.RotationError = "rotated", ""
+		case jti == a.CredentialID:
+			if a.CredentialExpiresAt == nil {
+				a.CredentialExpiresAt = c.expiry()
+			}
+			if failed && a.PendingCredentialID != "" {
+				a.RotationStatus, a.RotationError = "failed", failMsg
+			}
+		case a.CredentialID == "":
+			a.CredentialID, a.CredentialExpiresAt = jti, c.expiry()
+		}
+		if a.RotationStatus == "pending" && a.PendingCredentialID != "" && jti == a.CredentialID && !failed && !c.offered.Load() {
+			// A candidate was issued but this connection never saw it
+			// (e.g. the fleet restarted): offer a new one.
+			needOffer = true
+		}
+		if c.claims.ExpiresAt != nil && a.PendingCredentialID == "" && jti == a.CredentialID {
+			life := c.claims.ExpiresAt.Time.Sub(c.claims.IssuedAt.Time)
+			if !c.offered.Load() && now.After(c.claims.IssuedAt.Time.Add(time.Duration(float64(life)*s.o.RotateAt))) {
+				needOffer = true
+			}
+		}
+		if !changed(&before, a, c.lastWrite, now) && !needOffer && revokeOld == "" {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, refusal("agent is not enrolled (deleted?); re-enroll with a bootstrap token")
+		}
+		return nil, err
+	}
+	if a != nil {
+		c.lastWrite = now
+		s.o.Callbacks.OnAgentStatus(a)
+	}
+	if revokeOld != "" {
+		// Do not cut this connection: it uses the new credential.
+		if err := s.o.Auth.Revoke(ctx, revokeOld); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("revoke superseded credential", zap.String("agent", c.agentID), zap.Error(err))
+		}
+		s.log.Info("agent credential rotated", zap.String("agent", c.agentID))
+	}
+	if needOffer {
+		c.offered.Store(true)
+		return s.offerCredential(ctx, c.agentID, "rotate", nil)
+	}
+	return nil, nil
+}
+
+func (c *conn) expiry() *time.Time {
+	if c.claims.ExpiresAt == nil {
+		return nil
+	}
+	t := c.claims.ExpiresAt.Time.UTC()
+	return &t
+}
+
+// changed reports whether a record differs in a way worth a write; the
+// last-seen time alone is written at most once a minute.
+func changed(b, a *store.Agent, lastWrite, now time.Time) bool {
+	if now.Sub(lastWrite) > time.Minute {
+		return true
+	}
+	if b.Connected != a.Connected || b.Healthy != a.Healthy || b.Health != a.Health || b.Version != a.Version ||
+		b.Platform != a.Platform || b.Hostname != a.Hostname || b.ConfigHash != a.ConfigHash || b.ConfigStatus != a.ConfigStatus ||
+		b.ConfigError != a.ConfigError || b.EffectiveConfig != a.EffectiveConfig || b.CredentialID != a.CredentialID ||
+		b.PendingCredentialID != a.PendingCredentialID || b.RotationStatus != a.RotationStatus || b.RotationError != a.RotationError {
+		return true
+	}
+	if len(b.Labels) != len(a.Labels) {
+		return true
+	}
+	for k, v := range a.Labels {
+		if b.Labels[k] != v {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) agentLock(id string) *sync.Mutex {
+	m, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
+	return m.(*sync.Mutex)
+}
+
+// updateAgent loads, mutates and stores an agent record, retrying on a
+// concurrent write. fn returning errNoChange skips the write (and the
+// result is nil, nil).
+func (s *Server) updateAgent(ctx context.Context, id string, fn func(a *store.Agent) error) (*store.Agent, error) {
+	mu := s.agentLock(id)
+	mu.Lock()
+	defer mu.Unlock()
+	for attempt := 0; attempt < 5; attempt++ {
+		a, err := s.o.Store.AgentByID(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(a); err != nil {
+			if errors.Is(err, errNoChange) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		err = s.o.Store.UpsertAgent(ctx, a)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
+	}
+	return nil, fmt.Errorf("update agent %s: %w", id, store.ErrConflict)
+}
+
+// offerCredential issues a candidate credential for an agent, records it
+// as pending and returns the offer that carries it.
+func (s *Server) offerCredential(ctx context.Context, agentID, reason string, mutate func(a *store.Agent)) (*protobufs.ConnectionSettingsOffers, error) {
+	a, err := s.o.Store.AgentByID(ctx, agentID)
+	if err != nil {
+		return nil, err
+	}
+	raw, t, err := s.o.Auth.Issue(ctx, auth.IssueRequest{
+		Kind: token.KindAgent, ProjectID: a.ProjectID, AgentID: agentID, Name: "agent " + agentID, TTL: s.o.CredentialTTL, CreatedBy: "fleet:" + reason,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("issue agent credential: %w", err)
+	}
+	var stale string
+	if _, err := s.updateAgent(ctx, agentID, func(a *store.Agent) error {
+		if mutate != nil {
+			mutate(a)
+		}
+		if a.PendingCredentialID != "" && a.PendingCredentialID != a.CredentialID {
+			stale = a.PendingCredentialID
+		}
+		a.PendingCredentialID = t.ID
+		a.RotationStatus, a.RotationError = "pending", ""
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if stale != "" {
+		if err := s.o.Auth.Revoke(ctx, stale); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("revoke unused candidate credential", zap.String("agent", agentID), zap.Error(err))
+		}
+	}
+	if s.o.FailRotation != nil && s.o.FailRotation(agentID) {
+		_ = s.o.Auth.Revoke(ctx, t.ID)
+	}
+	s.m.offers.WithLabelValues(reason).Inc()
+	return CredentialOffer(raw, s.o.HeartbeatInterval), nil
+}
+
+// CredentialOffer builds the ConnectionSettingsOffers carrying a
+// credential for OpAMP and for profile uploads.
+func CredentialOffer(raw string, heartbeat time.Duration) *protobufs.ConnectionSettingsOffers {
+	hdr := &protobufs.Headers{Headers: []*protobufs.Header{{Key: "Authorization", Value: "Bearer " + raw}}}
+	sum := sha256.Sum256([]byte(raw))
+	return &protobufs.ConnectionSettingsOffers{
+		Hash:             sum[:],
+		Opamp:            &protobufs.OpAMPConnectionSettings{Headers: hdr, HeartbeatIntervalSeconds: uint64(heartbeat / time.Second)},
+		OtherConnections: map[string]*protobufs.OtherConnectionSettings{"profiles": {Headers: hdr}},
+	}
+}
+
+// Send pushes a message to a connected agent, with the write deadline.
+func (s *Server) Send(ctx context.Context, agentID string, msg *protobufs.ServerToAgent) error {
+	s.mu.Lock()
+	c := s.conns[agentID]
+	s.mu.Unlock()
+	if c == nil || c.c == nil {
+		return fmt.Errorf("send to agent %s: %w", agentID, ErrNotConnected)
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if nc := c.c.Connection(); nc != nil {
+		_ = nc.SetWriteDeadline(s.o.Now().Add(s.o.WriteTimeout))
+	}
+	if msg.InstanceUid == nil {
+		msg.InstanceUid, _ = hex.DecodeString(agentID)
+	}
+	msg.Capabilities = serverCaps
+	if err := c.c.Send(ctx, msg); err != nil {
+		_ = c.c.Disconnect()
+		return fmt.Errorf("send to agent %s: %w", agentID, err)
+	}
+	return nil
+}
+
+// RotateCredential offers a new credential to one agent now (if it is
+// connected here) or on its next connection.
+func (s *Server) RotateCredential(ctx context.Context, agentID string) error {
+	if !s.isLive(agentID) {
+		_, err := s.updateAgent(ctx, agentID, func(a *store.Agent) error {
+			a.RotationStatus, a.RotationError = "pending", ""
+			return nil
+		})
+		return err
+	}
+	s.mu.Lock()
+	if c := s.conns[agentID]; c != nil {
+		c.offered.Store(true)
+	}
+	s.mu.Unlock()
+	offer, err := s.offerCredential(ctx, agentID, "on-demand", nil)
+	if err != nil {
+		return err
+	}
+	return s.Send(ctx, agentID, &protobufs.ServerToAgent{ConnectionSettings: offer})
+}
+
+// Connected lists the ids of agents connected here.
+func (s *Server) Connected() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.conns))
+	for id := range s.conns {
+		out = append(out, id)
+	}
+	return out
+}
+
+// closeCredential disconnects every connection that uses a revoked jti.
+func (s *Server) closeCredential(jti string) {
+	s.mu.Lock()
+	list := append([]*conn(nil), s.byJTI[jti]...)
+	s.mu.Unlock()
+	for _, c := range list {
+		if c.c != nil {
+			s.log.Info("closing connection of revoked credential", zap.String("agent", c.agentID), zap.String("token", jti))
+			_ = c.c.Disconnect()
+		}
+	}
+}
+
+// Shutdown refuses new connections and closes every open one.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	list := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		list = append(list, c)
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		if c.c != nil {
+			_ = c.c.Disconnect()
+		}
+	}
+}
