@@ -1,0 +1,97 @@
+package control
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// state is what the agent keeps in its state dir: its identity and its
+// credential (0600). A restart needs no bootstrap token once enrolled.
+type state struct{ dir string }
+
+func (s state) path(name string) string { return filepath.Join(s.dir, name) }
+
+// instanceUID returns the persisted 16-byte instance uid, creating one.
+// It is written before the first connection, so an enrollment cut short
+// and retried is the same agent.
+func (s state) instanceUID() ([16]byte, error) {
+	var uid [16]byte
+	b, err := os.ReadFile(s.path("instance_uid"))
+	if err == nil {
+		d, derr := hex.DecodeString(strings.TrimSpace(string(b)))
+		if derr == nil && len(d) == 16 {
+			copy(uid[:], d)
+			return uid, nil
+		}
+		return uid, fmt.Errorf("state file %s is corrupt (want 32 hex digits); remove it to enroll as a new agent", s.path("instance_uid"))
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return uid, fmt.Errorf("read instance uid: %w", err)
+	}
+	if _, err := rand.Read(uid[:]); err != nil {
+		return uid, fmt.Errorf("generate instance uid: %w", err)
+	}
+	// UUIDv7-style version bits are not required by OpAMP; keep it v4.
+	uid[6] = (uid[6] & 0x0f) | 0x40
+	uid[8] = (uid[8] & 0x3f) | 0x80
+	if err := writeFileAtomic(s.path("instance_uid"), []byte(hex.EncodeToString(uid[:])+"\n")); err != nil {
+		return uid, err
+	}
+	return uid, nil
+}
+
+func (s state) read(name string) (string, error) {
+	b, err := os.ReadFile(s.path(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func (s state) write(name, v string) error { return writeFileAtomic(s.path(name), []byte(v+"\n")) }
+
+func (s state) remove(name string) error {
+	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
