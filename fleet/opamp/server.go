@@ -723,7 +723,7 @@ func (s *Server) offerCredential(ctx context.Context, agentID, reason string, mu
 			s.log.Warn("revoke unused candidate credential", zap.String("agent", agentID), zap.Error(err))
 		}
 	}
-	if s.o.FailRotation != nil && s.o.FailRotation(agentID) {
+	if reason != "enroll" && s.o.FailRotation != nil && s.o.FailRotation(agentID) {
 		_ = s.o.Auth.Revoke(ctx, t.ID)
 	}
 	s.m.offers.WithLabelValues(reason).Inc()

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/fleetprof/fleetprof/fleet/server"
+)
+
+func newLogger(level string, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--log-level: %v", err)}
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(w), lvl)
+	return zap.New(core), nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var o server.Options
+	var level string
+	fs.StringVar(&o.DataDir, "data-dir", "", "directory for keys, the embedded store and profiles (required)")
+	fs.StringVar(&o.HTTPAddress, "http-address", "127.0.0.1:8080", "address for the console, API, OpAMP and ingest")
+	fs.StringVar(&o.TLSCertFile, "tls-cert-file", "", "TLS certificate (PEM); enables HTTPS, wss and HTTP/2")
+	fs.StringVar(&o.TLSKeyFile, "tls-key-file", "", "TLS private key (PEM)")
+	fs.StringVar(&o.PublicURL, "public-url", "", "URL agents use to reach this fleet (default: from the listen address)")
+	fs.DurationVar(&o.CredentialTTL, "agent-credential-ttl", 24*time.Hour, "lifetime of agent credentials (rotated at 2/3)")
+	fs.IntVar(&o.MaxConnections, "max-agents", 0, "most OpAMP agents held at once (0: 19000)")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Sprintf("serve: unexpected argument %q", pos[0])}
+	}
+	if o.DataDir == "" {
+		return usageError{"serve: --data-dir is required"}
+	}
+	log, err := newLogger(level, stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	o.Logger = log
+	return server.Run(ctx, o)
+}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fleetprof/fleetprof/fleet/auth"
+	"github.com/fleetprof/fleetprof/fleet/console"
+	"github.com/fleetprof/fleetprof/fleet/opamp"
+	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
+	"github.com/fleetprof/fleetprof/internal/token"
+	"github.com/fleetprof/fleetprof/internal/version"
+)
+
+// Options configures a fleet server.
+type Options struct {
+	DataDir     string // required; holds keys, the store and profiles
+	HTTPAddress string // host:port; "" means 127.0.0.1:8080
+	TLSCertFile string // with TLSKeyFile: serve HTTPS (and wss, HTTP/2)
+	TLSKeyFile  string
+	// PublicURL is how agents reach this fleet (iss claim, agent
+	// commands); "" derives it from the listen address.
+	PublicURL string
+	// CredentialTTL of agent credentials; 0 means 24h.
+	CredentialTTL time.Duration
+	// MaxConnections of OpAMP agents; 0 means the opamp default.
+	MaxConnections int
+	Logger         *zap.Logger
+	// Ready, if set, receives the bound address once serving.
+	Ready func(addr net.Addr)
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func Run(ctx context.Context, o Options) error {
+	log := o.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if o.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	if o.HTTPAddress == "" {
+		o.HTTPAddress = "127.0.0.1:8080"
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	ln, err := net.Listen("tcp", o.HTTPAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.HTTPAddress, err)
+	}
+	defer ln.Close()
+	scheme := "http"
+	if o.TLSCertFile != "" {
+		scheme = "https"
+	}
+	if o.PublicURL == "" {
+		o.PublicURL = scheme + "://" + ln.Addr().String()
+	}
+
+	keys, err := token.OpenKeySet(filepath.Join(o.DataDir, "keys"))
+	if err != nil {
+		return err
+	}
+	st, err := sqlite.Open(ctx, filepath.Join(o.DataDir, "fleet.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.MarkAllDisconnected(ctx); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	au, err := auth.New(ctx, auth.Options{Keys: keys, Store: st, Issuer: o.PublicURL, Logger: log.Named("auth"), Registerer: reg})
+	if err != nil {
+		return err
+	}
+	if err := ensureAdminToken(ctx, o.DataDir, au, log); err != nil {
+		return err
+	}
+	op, err := opamp.New(opamp.Options{
+		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
+		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections,
+		FailRotation: failRotationHook(),
+	})
+	if err != nil {
+		return err
+	}
+	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL})
+
+	var shuttingDown atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle(opamp.Path, op.Handler())
+	api.Register(mux)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if shuttingDown.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		if err := st.DB().PingContext(pctx); err != nil {
+			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /.well-known/jwks.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(keys.JWKS())
+	})
+	mux.HandleFunc("GET /api/v1/version", func(w http.ResponseWriter, r *http.Request) {
+		console.WriteJSON(w, http.StatusOK, console.Envelope{Data: map[string]string{"version": version.Version}})
+	})
+
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(o.TLSCertFile == "")
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext:       op.ConnContext,
+		Protocols:         &protocols,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	if o.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.TLSCertFile, o.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("load TLS key pair: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return au.Run(gctx) })
+	g.Go(func() error {
+		var err error
+		if o.TLSCertFile != "" {
+			log.Info("fleet serving HTTPS", zap.String("address", ln.Addr().String()), zap.String("url", o.PublicURL))
+			err = hs.ServeTLS(ln, "", "")
+		} else {
+			log.Warn("fleet serving plaintext HTTP (no --tls-cert-file): fine on loopback, use TLS elsewhere", zap.String("address", ln.Addr().String()), zap.String("url", o.PublicURL))
+			err = hs.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shuttingDown.Store(true)
+		op.Shutdown()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	if o.Ready != nil {
+		o.Ready(ln.Addr())
+	}
+	if err := g.Wait(); err != nil && ctx.Err() == nil {
+		return err
+	}
+	log.Info("fleet stopped")
+	return nil
+}
+
+// ensureAdminToken writes DIR/admin-token (0600) on first start.
+func ensureAdminToken(ctx context.Context, dir string, au *auth.Authenticator, log *zap.Logger) error {
+	path := filepath.Join(dir, "admin-token")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("stat admin token: %w", err)
+	}
+	raw, _, err := au.Issue(ctx, auth.IssueRequest{Kind: token.KindAdmin, Name: "initial admin", CreatedBy: "fleet"})
+	if err != nil {
+		return fmt.Errorf("issue admin token: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(raw+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	log.Info("wrote the initial admin token", zap.String("path", path))
+	return nil
+}
+
+// failRotationHook is a test hook: FLEETPROF_TEST_FAIL_ROTATION=1 makes
+// every credential offered for rotation unusable (revoked at once).
+func failRotationHook() func(string) bool {
+	if v := os.Getenv("FLEETPROF_TEST_FAIL_ROTATION"); v == "" {
+		return nil
+	} else {
+		ids := strings.Split(v, ",")
+		return func(agentID string) bool {
+			for _, id := range ids {
+				if id == "all" || id == agentID {
+					return true
+				}
+			}
+			return false
+		}
+	}
+}
+
+var _ store.Store = (*sqlite.Store)(nil)
