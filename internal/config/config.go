@@ -39,6 +39,15 @@ const (
 	MaxDuration        = 5 * time.Minute
 )
 
+// Limits on list sizes, so one config cannot make every agent do
+// unbounded work per target.
+const (
+	MaxUnits          = 1000 // targets.systemd.units
+	MaxNamespaces     = 1000 // targets.kubernetes.namespaces
+	MaxRelabelConfigs = 1000 // relabel_configs
+	MaxExternalLabels = 64   // external_labels
+)
+
 // Config is one remote config (DESIGN.md §6). Parse returns it validated
 // and normalized; a Config built in Go should start from Default and be
 // checked with Validate.

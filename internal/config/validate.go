@@ -34,6 +34,16 @@ func (c *Config) Validate() error {
 		add("sampling.duration", "must be between %s and %s, got %s", MinDuration, MaxDuration, d)
 	}
 
+	tooMany := func(path string, n, limit int) {
+		if n > limit {
+			add(path, "at most %d entries, got %d", limit, n)
+		}
+	}
+	tooMany("targets.systemd.units", len(c.Targets.Systemd.Units), MaxUnits)
+	tooMany("targets.kubernetes.namespaces", len(c.Targets.Kubernetes.Namespaces), MaxNamespaces)
+	tooMany("relabel_configs", len(c.RelabelConfigs), MaxRelabelConfigs)
+	tooMany("external_labels", len(c.ExternalLabels), MaxExternalLabels)
+
 	for i, u := range c.Targets.Systemd.Units {
 		p := fmt.Sprintf("targets.systemd.units[%d]", i)
 		switch {

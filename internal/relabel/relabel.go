@@ -103,11 +103,18 @@ func compileRegex(s string) (*regexp.Regexp, error) {
 // Validate checks the rule with Prometheus's rules. It returns nil or the
 // errors.Join of one *FieldError per problem.
 func (c *Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate checks the rule and returns its compiled regexp when valid.
+func (c *Config) validate() (*regexp.Regexp, error) {
 	var errs []error
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &FieldError{Path: path, Reason: fmt.Sprintf(format, args...)})
 	}
-	if _, err := compileRegex(c.Regex); err != nil {
+	re, err := compileRegex(c.Regex)
+	if err != nil {
 		// Report the error against the pattern as written, not the
 		// anchored form, when it fails on its own too.
 		if _, rawErr := regexp.Compile(c.Regex); rawErr != nil {
@@ -125,10 +132,10 @@ func (c *Config) Validate() error {
 	case Replace, Keep, Drop, KeepEqual, DropEqual, HashMod, LabelMap, LabelDrop, LabelKeep, Lowercase, Uppercase:
 	case "":
 		add("action", "must not be empty")
-		return joinErrs(errs)
+		return nil, joinErrs(errs)
 	default:
 		add("action", "unknown relabel action %q", string(a))
-		return joinErrs(errs)
+		return nil, joinErrs(errs)
 	}
 	if a == HashMod && c.Modulus == 0 {
 		add("modulus", "must be non-zero for hashmod action")
@@ -193,7 +200,10 @@ func (c *Config) Validate() error {
 			add("modulus", only, a)
 		}
 	}
-	return joinErrs(errs)
+	if len(errs) > 0 {
+		return nil, joinErrs(errs)
+	}
+	return re, nil
 }
 
 // targetWithVars is Prometheus's legacy target syntax that also allows
@@ -234,17 +244,13 @@ func Compile(cfgs []Config) (*Rules, error) {
 	rs := &Rules{rules: make([]rule, 0, len(cfgs))}
 	for i := range cfgs {
 		c := cfgs[i]
-		if err := c.Validate(); err != nil {
+		re, err := c.validate()
+		if err != nil {
 			for _, e := range unjoin(err) {
 				if fe, ok := e.(*FieldError); ok {
 					errs = append(errs, &FieldError{Path: fmt.Sprintf("relabel_configs[%d].%s", i, fe.Path), Reason: fe.Reason})
 				}
 			}
-			continue
-		}
-		re, err := compileRegex(c.Regex)
-		if err != nil { // unreachable: Validate compiled it
-			errs = append(errs, &FieldError{Path: fmt.Sprintf("relabel_configs[%d].regex", i), Reason: err.Error()})
 			continue
 		}
 		c.SourceLabels = slices.Clone(c.SourceLabels)
