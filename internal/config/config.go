@@ -144,11 +144,43 @@ func Parse(data []byte) (*Config, error) {
 			return nil, fmt.Errorf("%w: line %d: more than one YAML document", ErrSyntax, extra.Line)
 		}
 	}
+	if err := checkNullItems(data); err != nil {
+		return nil, err
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	n := c.normalized()
 	return &n, nil
+}
+
+// checkNullItems rejects empty list items ("- " or null), which yaml.v3
+// would silently drop from a list of rules or globs.
+func checkNullItems(data []byte) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("%w: %w", ErrSyntax, err)
+	}
+	var walk func(n *yaml.Node, depth int) error
+	walk = func(n *yaml.Node, depth int) error {
+		if n == nil || depth > 64 {
+			return nil
+		}
+		for _, child := range n.Content {
+			item := child
+			if item.Kind == yaml.AliasNode && item.Alias != nil {
+				item = item.Alias
+			}
+			if n.Kind == yaml.SequenceNode && item.Kind == yaml.ScalarNode && item.ShortTag() == "!!null" {
+				return fmt.Errorf("%w: line %d: empty list item", ErrSyntax, child.Line)
+			}
+			if err := walk(child, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(&doc, 0)
 }
 
 // HasSelectors reports whether any target selector is set (unit globs,

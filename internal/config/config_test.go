@@ -314,6 +314,9 @@ func TestSyntaxErrors(t *testing.T) {
 		{"a: b\n\tc: d\n", "line 2"},
 		{"sampling: {frequency_hz: 19, frequency_hz: 20}\n", `mapping key "frequency_hz" already defined`},
 		{"- 1\n- 2\n", "cannot unmarshal !!seq"},
+		{"relabel_configs:\n- target_label: x\n-\n", "line 3: empty list item"},
+		{"targets: {systemd: {units: [a, null]}}\n", "line 1: empty list item"},
+		{"x: &n ~\ntargets: {systemd: {units: [a, *n]}}\n", "line 1: field x not found"},
 		{strings.Repeat("#", MaxSize+1), "more than 1048576"},
 	}
 	for _, tt := range tests {
