@@ -6,10 +6,13 @@
 // It was measured (v0.316.0, the version the module proxy serves): `go get`
 // of it raises k8s.io/apimachinery and k8s.io/client-go from v0.34.2 to
 // v0.37.1 (and bumps genproto and multierr), which the project pins for its
-// kube-apiserver tests, and `go list -deps` of model/relabel alone is 99
-// packages (prometheus/common, grafana/regexp, prometheus/model/labels,
-// ...). Its Config is also tied to yaml.v2-style UnmarshalYAML and a global
-// name-validation scheme. The semantics are small (one ~150-line function),
+// kube-apiserver tests. `go list -deps` of model/relabel is 139 packages,
+// 38 outside the standard library (prometheus/common, client_model,
+// grafana/regexp, cespare/xxhash, x/text, protobuf), against 96 and 2 for
+// this package; a minimal program using it is 6.06 MB against 3.27 MB with
+// this package. Its Config is also tied to yaml.v2-style UnmarshalYAML and
+// a global name-validation scheme. The semantics are small (one ~150-line
+// function),
 // so this package re-implements them faithfully, checked against the upstream
 // code with the same inputs: the same actions and defaults (separator ";",
 // regex "(.*)" anchored as ^(?s:...)$, replacement "$1", action replace),
