@@ -12,9 +12,8 @@
 // this package; a minimal program using it is 6.06 MB against 3.27 MB with
 // this package. Its Config is also tied to yaml.v2-style UnmarshalYAML and
 // a global name-validation scheme. The semantics are small (one ~150-line
-// function),
-// so this package re-implements them faithfully, checked against the upstream
-// code with the same inputs: the same actions and defaults (separator ";",
+// function), so this package re-implements them faithfully, checked against
+// the upstream code with the same inputs (testdata/promdiff): the same actions and defaults (separator ";",
 // regex "(.*)" anchored as ^(?s:...)$, replacement "$1", action replace),
 // the same validation rules, and hashmod as md5 over the joined source
 // values, last 8 bytes big-endian, modulo modulus, so existing sharding
@@ -27,7 +26,11 @@
 //   - A labelmap result that is not a valid label name is skipped, as replace
 //     does, instead of producing a target Prometheus would reject later.
 //   - Labels with empty values do not exist (as in Prometheus), so they are
-//     removed from the input before the rules run.
+//     removed from the input before the rules run. (Upstream would still
+//     visit such an input label in labelmap; the difference only shows
+//     when an empty value is mapped over an existing label.)
+//   - Validation compares keepequal/dropequal's regex with "(.*)" by text;
+//     upstream compares pointers, so it rejects an explicit regex: "(.*)".
 //   - After the rules run, every label whose name starts with "__" (the
 //     __meta_* discovery labels and any scratch labels) is removed, as
 //     Prometheus does for targets.
