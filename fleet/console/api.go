@@ -136,7 +136,12 @@ func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: missing bearer token", ErrUnauthorized)
 	}
-	return a.o.Auth.Admin(r.Context(), raw)
+	p, err := a.o.Auth.Admin(r.Context(), raw)
+	if errors.Is(err, token.ErrScope) {
+		// A valid token of another kind is no admin credential at all.
+		return nil, fmt.Errorf("%w: not an admin token", ErrUnauthorized)
+	}
+	return p, err
 }
 
 // access is what a route needs from its caller.
