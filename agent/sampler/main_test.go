@@ -1,0 +1,9 @@
+package sampler
+
+import (
+	"testing"
+
+	"github.com/fleetprof/fleetprof/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.MainFDLeakCheck(m) }

@@ -1,0 +1,163 @@
+package sampler
+
+import (
+	"context"
+	"errors"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	fptestutil "github.com/fleetprof/fleetprof/internal/testutil"
+)
+
+// spin burns CPU on a locked thread until ctx ends.
+func spin(ctx context.Context) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	x := 0
+	for ctx.Err() == nil {
+		for i := range 100000 {
+			x += i
+		}
+	}
+	_ = x
+}
+
+func TestSamplesOwnProcess(t *testing.T) {
+	fptestutil.RequireBPF(t)
+	reg := prometheus.NewRegistry()
+	newPIDs := make(chan uint32, 1024)
+	s, err := New(Options{FrequencyHz: 99, Window: time.Second, Registerer: reg, OnNewPID: func(pid uint32) {
+		select {
+		case newPIDs <- pid:
+		default:
+		}
+	}})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer s.Close()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go spin(ctx)
+	var windows []*Window
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Run(ctx, func(w *Window) {
+			windows = append(windows, w)
+			if len(windows) == 2 {
+				cancel()
+			}
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not hand over two windows in 10s")
+	}
+
+	self := uint32(os.Getpid())
+	w := windows[1]
+	if d := w.End.Sub(w.Start); d < 900*time.Millisecond || d > 1500*time.Millisecond {
+		t.Errorf("window length %s, want about 1s", d)
+	}
+	if w.FrequencyHz != 99 {
+		t.Errorf("FrequencyHz = %d, want 99", w.FrequencyHz)
+	}
+	var own, withUser, withKernel uint64
+	for _, smp := range w.Samples {
+		if smp.PID != self {
+			continue
+		}
+		own += smp.Count
+		if len(smp.User) > 0 {
+			withUser += smp.Count
+		}
+		if len(smp.Kernel) > 0 {
+			withKernel += smp.Count
+		}
+		if smp.Comm == "" {
+			t.Errorf("sample without comm: %+v", smp)
+		}
+	}
+	// One spinning thread at 99 Hz for ~1 s.
+	if own < 50 {
+		t.Errorf("own samples = %d, want >= 50 (one busy thread at 99 Hz)", own)
+	}
+	if withUser < own*9/10 {
+		t.Errorf("samples with a user stack = %d of %d", withUser, own)
+	}
+	if got := gather(t, reg, "fleetprof_sampler_samples_total"); got < float64(own) {
+		t.Errorf("samples metric %v < own samples %d", got, own)
+	}
+	seen := false
+	for len(newPIDs) > 0 {
+		if <-newPIDs == self {
+			seen = true
+		}
+	}
+	if !seen {
+		t.Error("OnNewPID never announced this process")
+	}
+}
+
+func TestSetRateValidation(t *testing.T) {
+	fptestutil.RequireBPF(t)
+	s, err := New(Options{})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer s.Close()
+	if hz, w := s.Rate(); hz != 19 || w != 10*time.Second {
+		t.Errorf("defaults = %d Hz, %s; want 19 Hz, 10s", hz, w)
+	}
+	for _, tc := range []struct {
+		hz     int
+		window time.Duration
+		ok     bool
+	}{
+		{49, time.Second, true},
+		{0, time.Second, false},
+		{5000, time.Second, false},
+		{19, time.Millisecond, false},
+	} {
+		err := s.SetRate(tc.hz, tc.window)
+		if (err == nil) != tc.ok {
+			t.Errorf("SetRate(%d, %s) = %v, want ok=%v", tc.hz, tc.window, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidRate) {
+			t.Errorf("SetRate(%d, %s) = %v, want ErrInvalidRate", tc.hz, tc.window, err)
+		}
+	}
+	if hz, w := s.Rate(); hz != 49 || w != time.Second {
+		t.Errorf("after SetRate = %d Hz, %s; want 49 Hz, 1s", hz, w)
+	}
+}
+
+// gather returns the value of the unlabelled counter or gauge name.
+func gather(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var sum float64
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+		return sum
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
