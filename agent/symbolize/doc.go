@@ -1,0 +1,3 @@
+// Package symbolize turns sampled instruction pointers into function names:
+// kernel frames from kallsyms, user frames from ELF symbols and Go pclntab.
+package symbolize
