@@ -289,9 +289,7 @@ const capabilities = protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus
 	protobufs.AgentCapabilities_AgentCapabilities_AcceptsOpAMPConnectionSettings |
 	protobufs.AgentCapabilities_AgentCapabilities_AcceptsOtherConnectionSettings |
 	protobufs.AgentCapabilities_AgentCapabilities_ReportsConnectionSettingsStatus |
-	protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat |
-	protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages |
-	protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses
+	protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
 
 func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, error) {
 	cl := client.NewWebSocket(&zapLogger{c.log.Sugar()})
@@ -309,7 +307,6 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 		Header:                       http.Header{"Authorization": []string{"Bearer " + tok}},
 		TLSConfig:                    c.o.TLSConfig,
 		InstanceUid:                  types.InstanceUid(c.uid),
-		Capabilities:                 capabilities,
 		HeartbeatInterval:            &hb,
 		LastConnectionSettingsStatus: settingsSt,
 		RemoteConfigStatus:           configSt,
@@ -338,6 +335,10 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 	}
 	if err := cl.SetHealth(health); err != nil {
 		return nil, fmt.Errorf("set health: %w", err)
+	}
+	caps := capabilities
+	if err := cl.SetCapabilities(&caps); err != nil {
+		return nil, fmt.Errorf("set capabilities: %w", err)
 	}
 	if err := cl.Start(ctx, settings); err != nil {
 		return nil, fmt.Errorf("start opamp client: %w", err)
