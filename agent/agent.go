@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fleetprof/fleetprof/agent/control"
+	"github.com/fleetprof/fleetprof/internal/config"
 	"github.com/fleetprof/fleetprof/internal/describe"
 	"github.com/fleetprof/fleetprof/internal/version"
 )
@@ -63,6 +64,7 @@ type Agent struct {
 	ctl  *control.Client
 	mu   sync.Mutex
 	errs map[string]string // component → why it is not working
+	cfg  *config.Config    // config in effect
 }
 
 // New validates options and builds the agent.
