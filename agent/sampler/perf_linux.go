@@ -21,8 +21,8 @@ func openCPUEvent(cpu, hz int, prog *ebpf.Program) (*cpuEvent, error) {
 	attr := unix.PerfEventAttr{
 		Type:   unix.PERF_TYPE_SOFTWARE,
 		Config: unix.PERF_COUNT_SW_CPU_CLOCK,
-		Sample: uint64(hz),
-		Bits:   unix.PerfBitFreq | unix.PerfBitDisabled,
+		Sample: periodNS(hz),
+		Bits:   unix.PerfBitDisabled,
 	}
 	attr.Size = uint32(unsafe.Sizeof(attr))
 	fd, err := unix.PerfEventOpen(&attr, -1, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
@@ -57,10 +57,16 @@ func perfOpenError(cpu int, err error) error {
 	return fmt.Errorf("open cpu-clock perf event on cpu %d: %w", cpu, err)
 }
 
-// setFrequency changes the sampling frequency in place: in frequency mode
-// PERF_EVENT_IOC_PERIOD sets sample_freq, so nothing is reattached.
+// periodNS is the cpu-clock sample period for hz. The kernel turns a
+// cpu-clock frequency into this fixed period anyway (hrtimer based), so
+// the event is opened in period mode and PERF_EVENT_IOC_PERIOD takes
+// nanoseconds.
+func periodNS(hz int) uint64 { return uint64(1e9 / hz) }
+
+// setFrequency changes the sampling period in place; nothing is reattached
+// and the counts of the window in progress stay.
 func (e *cpuEvent) setFrequency(hz int) error {
-	v := uint64(hz)
+	v := periodNS(hz)
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(e.fd), uintptr(unix.PERF_EVENT_IOC_PERIOD), uintptr(unsafe.Pointer(&v)))
 	if errno != 0 {
 		return errno

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	fptestutil "github.com/fleetprof/fleetprof/internal/testutil"
 )
@@ -160,4 +161,82 @@ func gather(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
+}
+
+// cpuTime returns this process's user+system CPU time.
+func cpuTime(t *testing.T) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestSetRateLive changes the frequency while Run runs: the window in
+// progress is handed over at the old rate, and the sample count of the
+// next window follows the new rate (samples ≈ CPU time × Hz, ±20%).
+func TestSetRateLive(t *testing.T) {
+	fptestutil.RequireBPF(t)
+	s, err := New(Options{FrequencyHz: 50, Window: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	go spin(ctx)
+
+	self := uint32(os.Getpid())
+	type result struct {
+		hz      int
+		samples uint64
+		cpu     time.Duration
+		length  time.Duration
+	}
+	var results []result
+	last := cpuTime(t)
+	setErr := make(chan error, 1)
+	err = s.Run(ctx, func(w *Window) {
+		now := cpuTime(t)
+		var n uint64
+		for _, smp := range w.Samples {
+			if smp.PID == self {
+				n += smp.Count
+			}
+		}
+		results = append(results, result{w.FrequencyHz, n, now - last, w.End.Sub(w.Start)})
+		last = now
+		switch len(results) {
+		case 2:
+			// SetRate blocks until Run applies it, so not from here.
+			go func() { setErr <- s.SetRate(200, 2*time.Second) }()
+		case 4:
+			cancel()
+		}
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(results) < 4 {
+		t.Fatalf("got %d windows in 30s, want 4", len(results))
+	}
+	if err := <-setErr; err != nil {
+		t.Fatalf("SetRate: %v", err)
+	}
+	for i, r := range results {
+		t.Logf("window %d: %d Hz, %s long, %d samples, %s CPU", i, r.hz, r.length, r.samples, r.cpu)
+	}
+	if results[2].hz != 50 || results[2].length >= 1900*time.Millisecond {
+		t.Errorf("window in progress at SetRate: %d Hz, %s long; want 50 Hz, cut short", results[2].hz, results[2].length)
+	}
+	if results[3].hz != 200 {
+		t.Errorf("window after SetRate: %d Hz, want 200", results[3].hz)
+	}
+	for _, i := range []int{1, 3} {
+		r := results[i]
+		want := r.cpu.Seconds() * float64(r.hz)
+		if got := float64(r.samples); got < 0.8*want || got > 1.2*want {
+			t.Errorf("window %d at %d Hz: %d samples, want %.0f ± 20%% (CPU %s × Hz)", i, r.hz, r.samples, want, r.cpu)
+		}
+	}
 }
