@@ -89,7 +89,6 @@ func h2cOnly() *http.Protocols {
 	return p
 }
 
-
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func cpu(fn string) []byte {
