@@ -86,28 +86,92 @@ func (d *Discoverer) wake() {
 	}
 }
 
+// dial opens an authenticated private connection to the bus at address.
+func dial(address string) (*dbus.Conn, error) {
+	conn, err := dbus.Dial(address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	auth := []dbus.Auth{dbus.AuthExternal(strconv.Itoa(os.Getuid()))}
+	if err := conn.Auth(auth); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("authenticate on %s: %w", address, err)
+	}
+	if err := conn.Hello(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("hello on %s: %w", address, err)
+	}
+	return conn, nil
+}
+
 // Connect opens a go-systemd connection to the bus at address.
 func Connect(address string) (*sddbus.Conn, error) {
-	c, err := sddbus.NewConnection(func() (*dbus.Conn, error) {
-		conn, err := dbus.Dial(address)
-		if err != nil {
-			return nil, fmt.Errorf("dial %s: %w", address, err)
-		}
-		auth := []dbus.Auth{dbus.AuthExternal(strconv.Itoa(os.Getuid()))}
-		if err := conn.Auth(auth); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("authenticate on %s: %w", address, err)
-		}
-		if err := conn.Hello(); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("hello on %s: %w", address, err)
-		}
-		return conn, nil
-	})
+	c, err := sddbus.NewConnection(func() (*dbus.Conn, error) { return dial(address) })
 	if err != nil {
 		return nil, fmt.Errorf("connect to systemd: %w", err)
 	}
 	return c, nil
+}
+
+// subscribe opens a connection that receives systemd's unit signals
+// (UnitNew, UnitRemoved, JobRemoved, PropertiesChanged) on ch.
+func subscribe(address string, ch chan *dbus.Signal) (*dbus.Conn, error) {
+	conn, err := dial(address)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range [][]dbus.MatchOption{
+		{dbus.WithMatchInterface("org.freedesktop.systemd1.Manager")},
+		{dbus.WithMatchInterface("org.freedesktop.DBus.Properties"), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchPathNamespace("/org/freedesktop/systemd1/unit")},
+	} {
+		if err := conn.AddMatchSignal(m...); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("add signal match: %w", err)
+		}
+	}
+	conn.Signal(ch)
+	if err := conn.Object("org.freedesktop.systemd1", "/org/freedesktop/systemd1").Call("org.freedesktop.systemd1.Manager.Subscribe", 0).Err; err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("subscribe to systemd signals: %w", err)
+	}
+	return conn, nil
+}
+
+// signalUnit returns the unit a signal is about ("" if none).
+func signalUnit(s *dbus.Signal) string {
+	switch s.Name {
+	case "org.freedesktop.systemd1.Manager.UnitNew", "org.freedesktop.systemd1.Manager.UnitRemoved":
+		if len(s.Body) > 0 {
+			n, _ := s.Body[0].(string)
+			return n
+		}
+	case "org.freedesktop.systemd1.Manager.JobRemoved":
+		if len(s.Body) > 2 {
+			n, _ := s.Body[2].(string)
+			return n
+		}
+	case "org.freedesktop.DBus.Properties.PropertiesChanged":
+		if p, ok := strings.CutPrefix(string(s.Path), "/org/freedesktop/systemd1/unit/"); ok {
+			return unescapePath(p)
+		}
+	}
+	return ""
+}
+
+// unescapePath decodes systemd's object path escaping ("_2d" for "-").
+func unescapePath(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '_' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // Run follows the units until ctx ends. It (re)connects to D-Bus as needed;
@@ -144,12 +208,12 @@ func (d *Discoverer) session(ctx context.Context, up chan<- []discovery.Target) 
 		return err
 	}
 	defer conn.Close()
-	if err := conn.Subscribe(); err != nil {
-		return fmt.Errorf("subscribe to systemd signals: %w", err)
+	signals := make(chan *dbus.Signal, 1024)
+	sigconn, err := subscribe(d.opts.Address, signals)
+	if err != nil {
+		return err
 	}
-	updates := make(chan *sddbus.SubStateUpdate, 256)
-	errs := make(chan error, 16)
-	conn.SetSubStateSubscriber(updates, errs)
+	defer sigconn.Close()
 
 	tick := time.NewTicker(d.opts.Resync)
 	defer tick.Stop()
@@ -172,14 +236,13 @@ func (d *Discoverer) session(ctx context.Context, up chan<- []discovery.Target) 
 				changed = true
 			case <-d.poke:
 				changed = true
-			case u := <-updates:
-				changed = d.match(u.UnitName)
-			case err := <-errs:
-				// The update channel overflowed: list everything again.
-				d.opts.Logger.Debug("systemd signal", zap.Error(err))
-				changed = true
+			case sig, ok := <-signals:
+				if !ok {
+					return errors.New("systemd D-Bus signal connection closed")
+				}
+				changed = d.match(signalUnit(sig))
 			}
-			if !conn.Connected() {
+			if !conn.Connected() || !sigconn.Connected() {
 				return errors.New("systemd D-Bus connection closed")
 			}
 		}
@@ -191,7 +254,11 @@ func (d *Discoverer) session(ctx context.Context, up chan<- []discovery.Target) 
 			case <-ctx.Done():
 				timer.Stop()
 				return nil
-			case <-updates:
+			case _, ok := <-signals:
+				if !ok {
+					timer.Stop()
+					return errors.New("systemd D-Bus signal connection closed")
+				}
 			case <-timer.C:
 				break drain
 			}
