@@ -78,6 +78,9 @@ type Options struct {
 	WriteTimeout time.Duration
 	// HeartbeatInterval offered to agents. 0 means 30s.
 	HeartbeatInterval time.Duration
+	// RotationRate paces bulk rotations: credentials offered per second,
+	// so that rotating a large fleet is no reconnect storm. 0 means 100.
+	RotationRate float64
 	// FailRotation is a test hook: when it returns true for an agent, the
 	// credential offered to it is revoked before it can be used.
 	FailRotation func(agentID string) bool
@@ -100,6 +103,7 @@ type Server struct {
 
 	pending atomic.Int64
 	m       metrics
+	rq      rotationQueue
 }
 
 type metrics struct {
@@ -159,6 +163,9 @@ func New(o Options) (*Server, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.RotationRate <= 0 {
+		o.RotationRate = 100
 	}
 	o.Callbacks.SetDefaults()
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}}
@@ -585,7 +592,7 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		case a.CredentialID == "":
 			a.CredentialID, a.CredentialExpiresAt = jti, c.expiry()
 		}
-		if a.RotationStatus == "pending" && a.PendingCredentialID != "" && jti == a.CredentialID && !failed && !c.offered.Load() {
+		if a.RotationStatus == "pending" && jti == a.CredentialID && !failed && !c.offered.Load() {
 			// A candidate was issued but this connection never saw it
 			// (e.g. the fleet restarted): offer a new one.
 			needOffer = true
@@ -764,28 +771,6 @@ func (s *Server) Send(ctx context.Context, agentID string, msg *protobufs.Server
 		return fmt.Errorf("send to agent %s: %w", agentID, err)
 	}
 	return nil
-}
-
-// RotateCredential offers a new credential to one agent now (if it is
-// connected here) or on its next connection.
-func (s *Server) RotateCredential(ctx context.Context, agentID string) error {
-	if !s.isLive(agentID) {
-		_, err := s.updateAgent(ctx, agentID, func(a *store.Agent) error {
-			a.RotationStatus, a.RotationError = "pending", ""
-			return nil
-		})
-		return err
-	}
-	s.mu.Lock()
-	if c := s.conns[agentID]; c != nil {
-		c.offered.Store(true)
-	}
-	s.mu.Unlock()
-	offer, err := s.offerCredential(ctx, agentID, "on-demand", nil)
-	if err != nil {
-		return err
-	}
-	return s.Send(ctx, agentID, &protobufs.ServerToAgent{ConnectionSettings: offer})
 }
 
 // Connected lists the ids of agents connected here.

@@ -43,7 +43,9 @@ type Options struct {
 	CredentialTTL time.Duration
 	// MaxConnections of OpAMP agents; 0 means the opamp default.
 	MaxConnections int
-	Logger         *zap.Logger
+	// RotationRate paces bulk credential rotation (offers per second).
+	RotationRate float64
+	Logger       *zap.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready func(addr net.Addr)
 }
@@ -102,7 +104,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	op, err := opamp.New(opamp.Options{
 		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
-		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections,
+		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
 		FailRotation: failRotationHook(),
 	})
 	if err != nil {
@@ -160,6 +162,7 @@ func Run(ctx context.Context, o Options) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return au.Run(gctx) })
+	g.Go(func() error { return op.Run(gctx) })
 	g.Go(func() error {
 		var err error
 		if o.TLSCertFile != "" {

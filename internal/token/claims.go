@@ -44,6 +44,10 @@ type Claims struct {
 	ReadOnly      bool              `json:"readOnly,omitempty"`
 	Labels        map[string]string `json:"labels,omitempty"`
 	MaxUses       int               `json:"maxUses,omitempty"`
+
+	// KeyID is the kid of the key that verified the token (set by Verify,
+	// not part of the payload).
+	KeyID string `json:"-"`
 }
 
 // UnmarshalJSON decodes claims, reading iat in any of s, ms, µs or ns.

@@ -109,6 +109,7 @@ func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
 		return nil, fmt.Errorf("%w: alg %q, want EdDSA", ErrAlgorithm, alg)
 	}
 	claims := &Claims{}
+	keyID := ""
 	_, err = p.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) {
 		kidv, present := t.Header["kid"]
 		if !present {
@@ -128,6 +129,7 @@ func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: kid %q", ErrUnknownKey, kid)
 		}
+		keyID = kid
 		return ed25519.PublicKey(k.Public()), nil
 	})
 	switch {
@@ -144,6 +146,7 @@ func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
 	if claims.ID == "" {
 		return nil, fmt.Errorf("%w: missing jti", ErrMalformed)
 	}
+	claims.KeyID = keyID
 	if !claims.Admin && claims.ProjectID == "" {
 		return nil, fmt.Errorf("%w: missing projectId", ErrMalformed)
 	}

@@ -1,0 +1,168 @@
+package opamp
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/open-telemetry/opamp-go/protobufs"
+	"go.uber.org/zap"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+)
+
+// rotationQueue holds agents waiting for a credential offer, deduplicated
+// and served in order at Options.RotationRate.
+type rotationQueue struct {
+	mu    sync.Mutex
+	order []string
+	in    map[string]bool
+}
+
+func (q *rotationQueue) push(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.in == nil {
+		q.in = map[string]bool{}
+	}
+	if q.in[id] {
+		return
+	}
+	q.in[id] = true
+	q.order = append(q.order, id)
+}
+
+func (q *rotationQueue) pop(n int) []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if n > len(q.order) {
+		n = len(q.order)
+	}
+	out := append([]string(nil), q.order[:n]...)
+	q.order = q.order[n:]
+	for _, id := range out {
+		delete(q.in, id)
+	}
+	return out
+}
+
+// Queued reports how many rotations wait for their turn.
+func (s *Server) Queued() int {
+	s.rq.mu.Lock()
+	defer s.rq.mu.Unlock()
+	return len(s.rq.order)
+}
+
+// RotateCredential asks for a new credential for one agent. The agent is
+// marked pending at once; the offer goes out in turn (paced), on its live
+// connection or, if it is offline, when it next connects.
+func (s *Server) RotateCredential(ctx context.Context, agentID string) error {
+	if _, err := s.updateAgent(ctx, agentID, func(a *store.Agent) error {
+		a.RotationStatus, a.RotationError = "pending", ""
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.rq.push(agentID)
+	return nil
+}
+
+// Run paces queued rotations and rotates credentials that reached
+// Options.RotateAt of their life, until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	const tick = 100 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	budget := 0.0
+	lastScan := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if now.Sub(lastScan) >= time.Second {
+				lastScan = now
+				s.scanExpiring()
+			}
+			budget += s.o.RotationRate * tick.Seconds()
+			if budget > s.o.RotationRate {
+				budget = s.o.RotationRate
+			}
+			n := int(budget)
+			if n == 0 {
+				continue
+			}
+			ids := s.rq.pop(n)
+			budget -= float64(len(ids))
+			for _, id := range ids {
+				s.offerNow(ctx, id)
+			}
+		}
+	}
+}
+
+// offerNow sends a credential offer to a connected agent.
+func (s *Server) offerNow(ctx context.Context, agentID string) {
+	s.mu.Lock()
+	c := s.conns[agentID]
+	s.mu.Unlock()
+	if c == nil {
+		return // offered when it connects (RotationStatus pending)
+	}
+	if !c.offered.CompareAndSwap(false, true) {
+		return // an offer is already out on this connection
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	offer, err := s.offerCredential(ctx, agentID, "rotate", nil)
+	if err != nil {
+		c.offered.Store(false)
+		s.log.Warn("issue rotated credential", zap.String("agent", agentID), zap.Error(err))
+		return
+	}
+	if err := s.Send(ctx, agentID, &protobufs.ServerToAgent{ConnectionSettings: offer}); err != nil {
+		s.log.Info("send credential offer", zap.String("agent", agentID), zap.Error(err))
+	}
+}
+
+// scanExpiring queues agents whose credential is past RotateAt of its life.
+func (s *Server) scanExpiring() {
+	now := s.o.Now()
+	s.mu.Lock()
+	var due []string
+	for id, c := range s.conns {
+		cl := c.claims
+		if c.offered.Load() || cl.ExpiresAt == nil || cl.IssuedAt == nil || cl.Kind() != "agent" {
+			continue
+		}
+		life := cl.ExpiresAt.Time.Sub(cl.IssuedAt.Time)
+		if now.After(cl.IssuedAt.Time.Add(time.Duration(float64(life) * s.o.RotateAt))) {
+			due = append(due, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range due {
+		s.rq.push(id)
+	}
+}
+
+// CloseKey disconnects every connection whose token was signed with kid
+// (after that key was retired).
+func (s *Server) CloseKey(kid string) int {
+	s.mu.Lock()
+	var list []*conn
+	for _, cs := range s.byJTI {
+		for _, c := range cs {
+			if c.claims.KeyID == kid {
+				list = append(list, c)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		if c.c != nil {
+			_ = c.c.Disconnect()
+		}
+	}
+	return len(list)
+}
