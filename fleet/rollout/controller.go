@@ -1,0 +1,827 @@
+package rollout
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/open-telemetry/opamp-go/protobufs"
+	"go.uber.org/zap"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/internal/config"
+	"github.com/fleetprof/fleetprof/internal/selector"
+)
+
+// Errors.
+var (
+	// ErrInvalid: the request is the caller's fault (bad config, selector
+	// or stage parameters); the message names the field.
+	ErrInvalid = errors.New("invalid rollout request")
+)
+
+// ContentType of the config body in AgentRemoteConfig.
+const ContentType = "application/yaml"
+
+// ResetHash is the hash pushed with an empty config body, which tells an
+// agent to drop its remote config and run on its local (command-line)
+// config. A rollback uses it for agents that had no config before.
+var ResetHash = func() string {
+	s := sha256.Sum256([]byte("fleetprof-config-reset"))
+	return hex.EncodeToString(s[:])
+}()
+
+// Pusher sends messages to connected agents (fleet/opamp.Server).
+type Pusher interface {
+	Send(ctx context.Context, agentID string, msg *protobufs.ServerToAgent) error
+	Connected() []string
+}
+
+// Options configures a Controller.
+type Options struct {
+	// Store is required.
+	Store store.Store
+	// Logger; nil means none.
+	Logger *zap.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Tick is how often stages are evaluated; 0 means 500ms.
+	Tick time.Duration
+	// AgentTimeout is how long an agent of a running stage may stay
+	// disconnected, unhealthy or silent before it counts as failed
+	// (measured from the stage start, or from this controller's start if
+	// later). 0 means 2m.
+	AgentTimeout time.Duration
+	// PushRetry is how long to wait for an agent to report a pushed
+	// config before pushing it again. 0 means 15s.
+	PushRetry time.Duration
+	// Workers push configs in parallel; 0 means 8.
+	Workers int
+}
+
+// Controller drives rollouts from the store and pushes each agent its
+// assigned config. All its methods are goroutine-safe.
+type Controller struct {
+	o       Options
+	st      store.Store
+	log     *zap.Logger
+	started time.Time
+
+	mu sync.Mutex // serializes rollout writes of this process
+
+	cmu     sync.Mutex
+	configs map[string]*store.ConfigVersion // immutable, by id
+	sels    map[string]selector.Selector    // by selector text
+
+	qmu     sync.Mutex
+	queue   map[string]*store.Agent // agent id → latest record (nil: load)
+	pushed  map[string]pushRec
+	signal  chan struct{}
+	kick    chan struct{}
+	running chan struct{} // closed once Run has a pusher
+	pusher  Pusher
+}
+
+type pushRec struct {
+	hash string
+	at   time.Time
+}
+
+// New returns a controller; call Run to start it.
+func New(o Options) (*Controller, error) {
+	if o.Store == nil {
+		return nil, errors.New("rollout: Store is required")
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Tick <= 0 {
+		o.Tick = 500 * time.Millisecond
+	}
+	if o.AgentTimeout <= 0 {
+		o.AgentTimeout = 2 * time.Minute
+	}
+	if o.PushRetry <= 0 {
+		o.PushRetry = 15 * time.Second
+	}
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	return &Controller{
+		o: o, st: o.Store, log: o.Logger, started: o.Now(),
+		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{},
+		queue: map[string]*store.Agent{}, pushed: map[string]pushRec{},
+		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
+	}, nil
+}
+
+// Run advances rollouts every Tick and pushes assigned configs through p
+// until ctx ends. Rollouts in progress in the store continue where they
+// were, so a fleet restart resumes them.
+func (c *Controller) Run(ctx context.Context, p Pusher) error {
+	c.qmu.Lock()
+	c.pusher = p
+	c.started = c.o.Now()
+	c.qmu.Unlock()
+	close(c.running)
+	jobs := make(chan job)
+	var wg sync.WaitGroup
+	for range c.o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				c.reconcile(ctx, j.id, j.agent)
+			}
+		}()
+	}
+	// Every connected agent is checked once at start.
+	for _, id := range p.Connected() {
+		c.enqueue(id, nil)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(jobs)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.signal:
+			}
+			c.qmu.Lock()
+			batch := c.queue
+			c.queue = map[string]*store.Agent{}
+			c.qmu.Unlock()
+			for id, a := range batch {
+				select {
+				case jobs <- job{id: id, agent: a}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	t := time.NewTicker(c.o.Tick)
+	defer t.Stop()
+	for {
+		c.Step(ctx)
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-t.C:
+		case <-c.kick:
+		}
+	}
+}
+
+type job struct {
+	id    string
+	agent *store.Agent
+}
+
+// OnAgentStatus is the opamp.Callbacks hook: it queues the agent for a
+// check of its config and returns at once.
+func (c *Controller) OnAgentStatus(a *store.Agent) {
+	if a == nil {
+		return
+	}
+	cp := *a
+	c.enqueue(a.ID, &cp)
+}
+
+func (c *Controller) enqueue(id string, a *store.Agent) {
+	c.qmu.Lock()
+	if a == nil {
+		if _, ok := c.queue[id]; !ok {
+			c.queue[id] = nil
+		}
+	} else {
+		c.queue[id] = a
+	}
+	c.qmu.Unlock()
+	select {
+	case c.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Controller) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Controller) configVersion(ctx context.Context, id string) (*store.ConfigVersion, error) {
+	c.cmu.Lock()
+	cv := c.configs[id]
+	c.cmu.Unlock()
+	if cv != nil {
+		return cv, nil
+	}
+	cv, err := c.st.ConfigVersionByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c.cmu.Lock()
+	c.configs[id] = cv
+	c.cmu.Unlock()
+	return cv, nil
+}
+
+func (c *Controller) selector(s string) selector.Selector {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	if sel, ok := c.sels[s]; ok {
+		return sel
+	}
+	sel, err := selector.Parse(s)
+	if err != nil {
+		// Stored selectors were parsed before; an unparsable one selects
+		// nothing rather than everything.
+		sel, _ = selector.Parse("fleetprof.invalid-selector")
+	}
+	if len(c.sels) > 10000 {
+		clear(c.sels)
+	}
+	c.sels[s] = sel
+	return sel
+}
+
+// Message builds the push that carries a config version (nil: the reset
+// to the agent's local config).
+func Message(cv *store.ConfigVersion) *protobufs.ServerToAgent {
+	body, hash := []byte(nil), ResetHash
+	if cv != nil {
+		body, hash = []byte(cv.YAML), cv.Hash
+	}
+	h, _ := hex.DecodeString(hash)
+	return &protobufs.ServerToAgent{RemoteConfig: &protobufs.AgentRemoteConfig{
+		Config:     &protobufs.AgentConfigMap{ConfigMap: map[string]*protobufs.AgentConfigFile{"": {Body: body, ContentType: ContentType}}},
+		ConfigHash: h,
+	}}
+}
+
+// reconcile pushes an agent its assigned config when it runs another one.
+func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent) {
+	var err error
+	if a == nil {
+		if a, err = c.st.AgentByID(ctx, id); err != nil {
+			if !errors.Is(err, store.ErrNotFound) {
+				c.log.Warn("load agent for config check", zap.String("agent", id), zap.Error(err))
+			}
+			return
+		}
+	}
+	if !a.Connected {
+		c.qmu.Lock()
+		delete(c.pushed, id)
+		c.qmu.Unlock()
+		return
+	}
+	asg, err := c.st.AssignmentByAgent(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		asg, err = c.assignNewAgent(ctx, a)
+	}
+	if err != nil {
+		c.log.Warn("load assignment", zap.String("agent", id), zap.Error(err))
+		return
+	}
+	if asg == nil || (a.ConfigHash == asg.ConfigHash && a.ConfigStatus != "") {
+		return
+	}
+	now := c.o.Now()
+	c.qmu.Lock()
+	rec, ok := c.pushed[id]
+	if ok && rec.hash == asg.ConfigHash && now.Sub(rec.at) < c.o.PushRetry {
+		c.qmu.Unlock()
+		return
+	}
+	c.pushed[id] = pushRec{hash: asg.ConfigHash, at: now}
+	p := c.pusher
+	c.qmu.Unlock()
+	var cv *store.ConfigVersion
+	if asg.ConfigID != "" {
+		if cv, err = c.configVersion(ctx, asg.ConfigID); err != nil {
+			c.log.Warn("load assigned config", zap.String("agent", id), zap.Error(err))
+			return
+		}
+	}
+	if err := p.Send(ctx, id, Message(cv)); err != nil {
+		c.log.Debug("push config", zap.String("agent", id), zap.Error(err))
+		c.qmu.Lock()
+		delete(c.pushed, id)
+		c.qmu.Unlock()
+		return
+	}
+	c.log.Debug("pushed config", zap.String("agent", id), zap.String("hash", asg.ConfigHash))
+}
+
+// assignNewAgent gives an agent without an assignment the config of the
+// completed rollout that wins for its labels (most specific selector,
+// then newest), if any.
+func (c *Controller) assignNewAgent(ctx context.Context, a *store.Agent) (*store.Assignment, error) {
+	best, err := c.resolve(ctx, a, "")
+	if err != nil || best == nil {
+		return nil, err
+	}
+	asg := &store.Assignment{AgentID: a.ID, ProjectID: a.ProjectID, ConfigID: best.ConfigID, ConfigHash: best.ConfigHash, RolloutID: best.ID, UpdatedAt: c.o.Now().UTC()}
+	if err := c.st.SetAssignments(ctx, []*store.Assignment{asg}); err != nil {
+		return nil, err
+	}
+	c.log.Info("assigned config to new agent", zap.String("agent", a.ID), zap.String("rollout", best.ID), zap.String("selector", best.Selector))
+	return asg, nil
+}
+
+// resolve returns the completed rollout (other than exclude) that wins
+// for a's labels, or nil.
+func (c *Controller) resolve(ctx context.Context, a *store.Agent, exclude string) (*store.Rollout, error) {
+	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{ProjectID: a.ProjectID, Statuses: []string{StatusCompleted}})
+	if err != nil {
+		return nil, err
+	}
+	var best *store.Rollout
+	for _, r := range rs {
+		if r.ID == exclude || !c.selector(r.Selector).Matches(a.Labels) {
+			continue
+		}
+		if best == nil || Wins(r, best) {
+			best = r
+		}
+	}
+	return best, nil
+}
+
+// ApplyRequest creates a config version and a rollout of it.
+type ApplyRequest struct {
+	ProjectID string
+	// YAML is the config document; it is validated (config.Parse).
+	YAML []byte
+	// Selector picks the target agents by label; "" means all agents.
+	Selector string
+	// Canary is the number of agents in the first stage; 0 means none.
+	Canary int
+	// WavePercent is the share of targets per wave (1..100); WaveCount,
+	// when set, is the number of agents per wave instead. Both 0: one wave.
+	WavePercent int
+	WaveCount   int
+	// WavePause is the wait between stages (0..24h).
+	WavePause time.Duration
+	// MaxFailurePercent (0..100): a stage halts the rollout when its
+	// failed share passes it. 0 means any failure halts.
+	MaxFailurePercent int
+	// Actor is who asked (for CreatedBy).
+	Actor string
+}
+
+// Apply validates a config, stores it as the project's next version (or
+// reuses the version with the same hash) and creates a rollout of it to
+// the agents the selector picks. Errors wrap ErrInvalid for bad input,
+// store.ErrNotFound for an unknown project.
+func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollout, *store.ConfigVersion, error) {
+	if _, err := c.st.ProjectByID(ctx, req.ProjectID); err != nil {
+		return nil, nil, err
+	}
+	cfg, err := config.Parse(req.YAML)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: config: %w", ErrInvalid, err)
+	}
+	sel, err := selector.Parse(req.Selector)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: selector: %w", ErrInvalid, err)
+	}
+	switch {
+	case req.Canary < 0:
+		return nil, nil, fmt.Errorf("%w: canary: must not be negative, got %d", ErrInvalid, req.Canary)
+	case req.WavePercent < 0 || req.WavePercent > 100:
+		return nil, nil, fmt.Errorf("%w: wave: percentage must be between 0 and 100, got %d", ErrInvalid, req.WavePercent)
+	case req.WaveCount < 0:
+		return nil, nil, fmt.Errorf("%w: wave: count must not be negative, got %d", ErrInvalid, req.WaveCount)
+	case req.WavePause < 0 || req.WavePause > 24*time.Hour:
+		return nil, nil, fmt.Errorf("%w: wavePause: must be between 0 and 24h, got %s", ErrInvalid, req.WavePause)
+	case req.MaxFailurePercent < 0 || req.MaxFailurePercent > 100:
+		return nil, nil, fmt.Errorf("%w: maxFailure: percentage must be between 0 and 100, got %d", ErrInvalid, req.MaxFailurePercent)
+	}
+	body, err := cfg.Marshal()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := c.o.Now().UTC()
+	cv := &store.ConfigVersion{ID: uuid.NewString(), ProjectID: req.ProjectID, Hash: cfg.HashString(), YAML: string(body), CreatedBy: req.Actor, CreatedAt: now}
+	if err := c.st.CreateConfigVersion(ctx, cv); errors.Is(err, store.ErrConflict) {
+		if cv, err = c.st.ConfigVersionByHash(ctx, req.ProjectID, cfg.HashString()); err != nil {
+			return nil, nil, err
+		}
+	} else if err != nil {
+		return nil, nil, err
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := &store.Rollout{
+		ID: uuid.NewString(), ProjectID: req.ProjectID, ConfigID: cv.ID, ConfigHash: cv.Hash, Selector: sel.String(),
+		Specificity: sel.Specificity(), Canary: req.Canary, WavePercent: req.WavePercent, WaveCount: req.WaveCount,
+		WavePause: req.WavePause, MaxFailurePercent: req.MaxFailurePercent, Stage: -1, Status: StatusPending,
+		CreatedBy: req.Actor, CreatedAt: now, UpdatedAt: now,
+	}
+	targets, err := c.targets(ctx, r, sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	sizes := Plan(len(targets), r.Canary, r.WavePercent, r.WaveCount)
+	r.Stages = len(sizes)
+	var ras []*store.RolloutAgent
+	i := 0
+	for stage, n := range sizes {
+		for range n {
+			ras = append(ras, &store.RolloutAgent{RolloutID: r.ID, AgentID: targets[i], Stage: stage, State: AgentWaiting, UpdatedAt: now})
+			i++
+		}
+	}
+	if err := c.st.CreateRollout(ctx, r, ras); err != nil {
+		return nil, nil, err
+	}
+	c.log.Info("rollout created", zap.String("rollout", r.ID), zap.String("selector", r.Selector), zap.Int("config_version", cv.Version),
+		zap.Int("agents", len(targets)), zap.Ints("stages", sizes))
+	c.wake()
+	return r, cv, nil
+}
+
+// targets lists the agents r selects and would own: those whose labels
+// match and for which no other live rollout wins the conflict rule. The
+// order (by id) fixes who is in the canary.
+func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector.Selector) ([]string, error) {
+	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
+	if err != nil {
+		return nil, err
+	}
+	others, err := c.st.ListRollouts(ctx, store.RolloutFilter{ProjectID: r.ProjectID, Statuses: []string{StatusPending, StatusRunning, StatusPaused, StatusCompleted}})
+	if err != nil {
+		return nil, err
+	}
+	var stronger []*store.Rollout
+	for _, o := range others {
+		if o.ID != r.ID && Wins(o, r) {
+			stronger = append(stronger, o)
+		}
+	}
+	var out []string
+	for _, a := range agents {
+		owned := false
+		for _, o := range stronger {
+			if c.selector(o.Selector).Matches(a.Labels) {
+				owned = true
+				break
+			}
+		}
+		if !owned {
+			out = append(out, a.ID)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Step evaluates every live rollout once: starts stages whose time has
+// come, records agent results, halts or completes. Run calls it each
+// Tick; tests call it with a fake clock.
+func (c *Controller) Step(ctx context.Context) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{Statuses: []string{StatusPending, StatusRunning}})
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("list rollouts", zap.Error(err))
+		}
+		return
+	}
+	slices.Reverse(rs) // oldest first
+	for _, r := range rs {
+		if err := c.advance(ctx, r); err != nil && ctx.Err() == nil {
+			c.log.Warn("advance rollout", zap.String("rollout", r.ID), zap.Error(err))
+		}
+	}
+}
+
+// advance moves one rollout as far as it can go now.
+func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
+	now := c.o.Now().UTC()
+	ras, err := c.st.ListRolloutAgents(ctx, r.ID)
+	if err != nil {
+		return err
+	}
+	for range 2*r.Stages + 2 {
+		switch {
+		case r.Stages == 0:
+			return c.complete(ctx, r, ras, now)
+		case r.Stage < 0:
+			if err := c.startStage(ctx, r, ras, 0, now); err != nil {
+				return err
+			}
+		case r.NextStageAt != nil:
+			if now.Before(*r.NextStageAt) {
+				return nil
+			}
+			if err := c.startStage(ctx, r, ras, r.Stage+1, now); err != nil {
+				return err
+			}
+		default:
+			done, err := c.evaluate(ctx, r, ras, now)
+			if err != nil || !done {
+				return err
+			}
+			if r.Status != StatusRunning {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// startStage assigns the config to the agents of stage k and pushes it.
+func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, k int, now time.Time) error {
+	asgs, err := c.st.ListAssignments(ctx, r.ProjectID)
+	if err != nil {
+		return err
+	}
+	current := map[string]*store.Assignment{}
+	for _, a := range asgs {
+		current[a.AgentID] = a
+	}
+	owners, err := c.rolloutsByID(ctx, r.ProjectID)
+	if err != nil {
+		return err
+	}
+	next := *r
+	next.Status, next.Stage, next.StageStartedAt, next.NextStageAt, next.Reason = StatusRunning, k, ptr(now), nil, ""
+	ch := &store.RolloutChange{Rollout: &next}
+	var push []string
+	for _, ra := range ras {
+		if ra.Stage != k || ra.State != AgentWaiting {
+			continue
+		}
+		u := *ra
+		u.UpdatedAt = now
+		cur := current[ra.AgentID]
+		if cur != nil {
+			if o := owners[cur.RolloutID]; o != nil && o.ID != r.ID && o.Status != StatusRolledBack && Wins(o, r) {
+				u.State, u.Error = AgentSkipped, "assigned by rollout "+o.ID+" (more specific or newer selector "+o.Selector+")"
+				ch.Agents = append(ch.Agents, &u)
+				continue
+			}
+			u.PreviousConfigID = cur.ConfigID
+		}
+		u.State = AgentAssigned
+		ch.Agents = append(ch.Agents, &u)
+		ch.Assign = append(ch.Assign, &store.Assignment{AgentID: ra.AgentID, ProjectID: r.ProjectID, ConfigID: r.ConfigID, ConfigHash: r.ConfigHash, RolloutID: r.ID, UpdatedAt: now})
+		push = append(push, ra.AgentID)
+	}
+	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
+		return err
+	}
+	*r = next
+	apply(ras, ch.Agents)
+	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
+	for _, id := range push {
+		c.enqueue(id, nil)
+	}
+	return nil
+}
+
+// apply copies updated rows into ras.
+func apply(ras []*store.RolloutAgent, upd []*store.RolloutAgent) {
+	by := map[string]*store.RolloutAgent{}
+	for _, u := range upd {
+		by[u.AgentID] = u
+	}
+	for i, ra := range ras {
+		if u := by[ra.AgentID]; u != nil {
+			ras[i] = u
+		}
+	}
+}
+
+func (c *Controller) rolloutsByID(ctx context.Context, projectID string) (map[string]*store.Rollout, error) {
+	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{ProjectID: projectID})
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]*store.Rollout, len(rs))
+	for _, r := range rs {
+		m[r.ID] = r
+	}
+	return m, nil
+}
+
+// StageName is "canary" or "wave N" (1-based).
+func StageName(r *store.Rollout, k int) string {
+	if r.Canary > 0 {
+		if k == 0 {
+			return "canary"
+		}
+		return fmt.Sprintf("wave %d", k)
+	}
+	return fmt.Sprintf("wave %d", k+1)
+}
+
+// evaluate records the results of the current stage's agents; it
+// returns true when the stage is over (and the rollout moved on: next
+// stage scheduled, completed or halted).
+func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, now time.Time) (bool, error) {
+	deadline := r.StageStartedAt
+	if deadline == nil || deadline.Before(c.started) {
+		deadline = ptr(c.started)
+	}
+	timedOut := now.Sub(*deadline) >= c.o.AgentTimeout
+	var upd []*store.RolloutAgent
+	size, failed, open := 0, 0, 0
+	var reasons []string
+	want := map[string]bool{}
+	for _, ra := range ras {
+		if ra.Stage == r.Stage && ra.State == AgentAssigned {
+			want[ra.AgentID] = true
+		}
+	}
+	agents := map[string]*store.Agent{}
+	if len(want) > 0 {
+		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return want[a.ID] }})
+		if err != nil {
+			return false, err
+		}
+		for _, a := range list {
+			agents[a.ID] = a
+		}
+	}
+	for _, ra := range ras {
+		if ra.Stage != r.Stage {
+			continue
+		}
+		size++
+		if ra.State == AgentAssigned {
+			state, msg := c.result(r, agents[ra.AgentID], timedOut)
+			if state != AgentAssigned {
+				u := *ra
+				u.State, u.Error, u.UpdatedAt = state, msg, now
+				upd = append(upd, &u)
+			}
+		}
+	}
+	apply(ras, upd)
+	for _, ra := range ras {
+		if ra.Stage != r.Stage {
+			continue
+		}
+		switch ra.State {
+		case AgentFailed:
+			failed++
+			if len(reasons) < 3 {
+				reasons = append(reasons, "agent "+ra.AgentID+": "+ra.Error)
+			}
+		case AgentAssigned, AgentWaiting:
+			open++
+		}
+	}
+	next := *r
+	ch := &store.RolloutChange{Rollout: &next, Agents: upd}
+	over := false
+	switch {
+	case size > 0 && failed > 0 && failed*100 > r.MaxFailurePercent*size:
+		next.Status = StatusHalted
+		next.Reason = fmt.Sprintf("%s failed: %d of %d agents failed (%d%%, more than the %d%% allowed): %s",
+			StageName(r, r.Stage), failed, size, failed*100/size, r.MaxFailurePercent, strings.Join(reasons, "; "))
+		over = true
+	case open == 0 && r.Stage == r.Stages-1:
+		if len(upd) > 0 {
+			if err := c.st.ApplyRolloutChange(ctx, &store.RolloutChange{Agents: upd}); err != nil {
+				return false, err
+			}
+		}
+		return true, c.complete(ctx, r, ras, now)
+	case open == 0:
+		next.NextStageAt = ptr(now.Add(r.WavePause))
+		over = true
+	}
+	if !over && len(upd) == 0 {
+		return false, nil
+	}
+	if !over {
+		ch.Rollout = nil
+	}
+	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
+		return false, err
+	}
+	if over {
+		*r = next
+		if r.Status == StatusHalted {
+			c.log.Warn("rollout halted", zap.String("rollout", r.ID), zap.String("reason", r.Reason))
+			c.auditf(ctx, r, "rollout.halt", r.Reason)
+		} else {
+			c.log.Info("rollout stage passed", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Duration("pause", r.WavePause))
+		}
+	}
+	return over, nil
+}
+
+// result is an agent's state in a running stage.
+func (c *Controller) result(r *store.Rollout, a *store.Agent, timedOut bool) (state, msg string) {
+	if a == nil {
+		return AgentFailed, "agent was deleted"
+	}
+	if a.ConfigHash == r.ConfigHash {
+		switch a.ConfigStatus {
+		case "FAILED":
+			return AgentFailed, "config failed: " + a.ConfigError
+		case "APPLIED":
+			if a.Healthy || !a.Connected {
+				return AgentApplied, ""
+			}
+			if timedOut {
+				return AgentFailed, "unhealthy after applying: " + a.Health
+			}
+			return AgentAssigned, ""
+		}
+	}
+	if !timedOut {
+		return AgentAssigned, ""
+	}
+	switch {
+	case !a.Connected:
+		return AgentFailed, fmt.Sprintf("disconnected for more than %s", c.o.AgentTimeout)
+	case !a.Healthy:
+		return AgentFailed, "unhealthy: " + a.Health
+	}
+	return AgentFailed, fmt.Sprintf("did not report the config within %s", c.o.AgentTimeout)
+}
+
+// complete marks r completed and gives its config to the agents it now
+// wins for but did not reach (hosts that enrolled meanwhile).
+func (c *Controller) complete(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, now time.Time) error {
+	next := *r
+	next.Status, next.NextStageAt, next.Reason = StatusCompleted, nil, ""
+	if next.Stage < 0 {
+		next.Stage = max(r.Stages-1, 0)
+	}
+	in := map[string]bool{}
+	for _, ra := range ras {
+		in[ra.AgentID] = true
+	}
+	sel := c.selector(r.Selector)
+	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return !in[a.ID] && sel.Matches(a.Labels) }})
+	if err != nil {
+		return err
+	}
+	asgs, err := c.st.ListAssignments(ctx, r.ProjectID)
+	if err != nil {
+		return err
+	}
+	current := map[string]*store.Assignment{}
+	for _, a := range asgs {
+		current[a.AgentID] = a
+	}
+	owners, err := c.rolloutsByID(ctx, r.ProjectID)
+	if err != nil {
+		return err
+	}
+	ch := &store.RolloutChange{Rollout: &next}
+	for _, a := range agents {
+		if cur := current[a.ID]; cur != nil {
+			if o := owners[cur.RolloutID]; o != nil && o.ID != r.ID && o.Status != StatusRolledBack && Wins(o, r) {
+				continue
+			}
+		}
+		ch.Assign = append(ch.Assign, &store.Assignment{AgentID: a.ID, ProjectID: r.ProjectID, ConfigID: r.ConfigID, ConfigHash: r.ConfigHash, RolloutID: r.ID, UpdatedAt: now})
+	}
+	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
+		return err
+	}
+	*r = next
+	for _, a := range ch.Assign {
+		c.enqueue(a.AgentID, nil)
+	}
+	c.log.Info("rollout completed", zap.String("rollout", r.ID), zap.Int("late_agents", len(ch.Assign)))
+	c.auditf(ctx, r, "rollout.complete", "")
+	return nil
+}
+
+func (c *Controller) auditf(ctx context.Context, r *store.Rollout, action, detail string) {
+	res := "ok"
+	if detail != "" {
+		res = detail
+	}
+	if err := c.st.AppendAudit(ctx, &store.AuditEntry{Time: c.o.Now().UTC(), Actor: "fleet", ProjectID: r.ProjectID, Action: action, Target: r.ID, Result: res}); err != nil {
+		c.log.Warn("write audit log", zap.Error(err))
+	}
+}
