@@ -145,5 +145,7 @@ type Store interface {
 	Tokens
 	Agents
 	Audit
+	Configs
+	Rollouts
 	Close() error
 }
