@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -47,6 +48,9 @@ type Options struct {
 type API struct {
 	o   Options
 	log *zap.Logger
+
+	sourcesMu sync.RWMutex
+	sources   map[string]EventSource // live event topics beyond "agents"
 }
 
 // New returns the API.
@@ -130,41 +134,177 @@ func WriteError(w http.ResponseWriter, log *zap.Logger, r *http.Request, err err
 	WriteJSON(w, code, Envelope{Error: &ErrorBody{Code: word, Message: msg}})
 }
 
-// authenticate resolves the caller from the bearer token.
-func (a *API) authenticate(r *http.Request) (*auth.Principal, error) {
-	raw, ok := auth.Bearer(r.Header.Get("Authorization"))
-	if !ok {
-		return nil, fmt.Errorf("%w: missing bearer token", ErrUnauthorized)
-	}
-	p, err := a.o.Auth.Admin(r.Context(), raw)
-	if errors.Is(err, token.ErrScope) {
-		// A valid token of another kind is no admin credential at all.
-		return nil, fmt.Errorf("%w: not an admin token", ErrUnauthorized)
-	}
-	return p, err
-}
-
 // access is what a route needs from its caller.
 type access int
 
 const (
-	read access = iota
-	write
+	read   access = iota // viewer of the path's project (or any caller)
+	write                // editor of the path's project (or not read-only)
+	manage               // fleet admin: users and organizations
 )
+
+// projectOrg returns the organization a project belongs to ("" when it
+// was never put into one: then only fleet admins see it).
+func (a *API) projectOrg(ctx context.Context, projectID string) (string, error) {
+	us := a.users()
+	if us == nil {
+		return "", nil
+	}
+	m, err := us.ProjectOrgs(ctx)
+	if err != nil {
+		return "", err
+	}
+	return m[projectID], nil
+}
+
+// authorize checks the caller in r's context against need for a project
+// ("" for routes without one).
+func (a *API) authorize(r *http.Request, projectID string, need access) error {
+	c := callerFrom(r.Context())
+	if c == nil {
+		return fmt.Errorf("%w: not signed in", ErrUnauthorized)
+	}
+	switch {
+	case need == manage && !c.canManage():
+		return fmt.Errorf("%w: needs a fleet admin", ErrForbidden)
+	case need == write && c.ReadOnly:
+		return fmt.Errorf("%w: read-only caller", ErrForbidden)
+	}
+	if c.fleetAdmin {
+		return nil
+	}
+	if projectID == "" {
+		var err error
+		if projectID, err = a.projectOfRoute(r); err != nil || projectID == "" {
+			return err
+		}
+	}
+	org, err := a.projectOrg(r.Context(), projectID)
+	if err != nil {
+		return err
+	}
+	role := c.roleIn(org)
+	want := store.RoleViewer
+	if need != read {
+		want = store.RoleEditor
+	}
+	if role.Rank() < want.Rank() {
+		if role == store.RoleNone {
+			return fmt.Errorf("%w: no access to project %q", ErrForbidden, projectID)
+		}
+		return fmt.Errorf("%w: role %s in this organization cannot do this (needs %s)", ErrForbidden, role, want)
+	}
+	return nil
+}
+
+// userRoutes are the routes without a {project} that users (not only
+// fleet admins) may call; their handlers filter or check by themselves.
+var userRoutes = map[string]bool{
+	"GET /api/v1/whoami":                    true,
+	"GET /api/v1/projects":                  true,
+	"POST /api/v1/projects":                 true,
+	"GET /api/v1/agents":                    true,
+	"GET /api/v1/audit":                     true,
+	"GET /api/v1/session":                   true,
+	"GET /api/v1/orgs":                      true,
+	"POST /api/v1/orgs":                     true,
+	"GET /api/v1/orgs/{org}/members":        true,
+	"PUT /api/v1/orgs/{org}/members/{user}": true,
+	"GET /api/v1/users":                     true,
+	"POST /api/v1/users":                    true,
+	"GET /api/v1/rollouts/{id}":             true,
+	"POST /api/v1/rollouts/{id}/pause":      true,
+	"POST /api/v1/rollouts/{id}/resume":     true,
+	"POST /api/v1/rollouts/{id}/rollback":   true,
+}
+
+// projectOfRoute finds the project a route without {project} acts on,
+// for callers that are not fleet admins: "" with nil for routes users
+// may call whose handlers check by themselves, and ErrForbidden for
+// fleet-wide routes (signing keys and the like).
+func (a *API) projectOfRoute(r *http.Request) (string, error) {
+	if !userRoutes[r.Pattern] {
+		return "", fmt.Errorf("%w: needs a fleet admin", ErrForbidden)
+	}
+	if strings.HasPrefix(r.Pattern, "GET /api/v1/rollouts/{id}") || strings.HasPrefix(r.Pattern, "POST /api/v1/rollouts/{id}") {
+		ro, ok := a.o.Store.(interface {
+			RolloutByID(ctx context.Context, id string) (*store.Rollout, error)
+		})
+		if !ok {
+			return "", fmt.Errorf("%w: this store keeps no rollouts", ErrForbidden)
+		}
+		rr, err := ro.RolloutByID(r.Context(), r.PathValue("id"))
+		if err != nil {
+			return "", err
+		}
+		return rr.ProjectID, nil
+	}
+	return "", nil
+}
+
+// Authorize checks that the caller of r (already passed through the API's
+// wrapper) may read (write false) or change (write true) a project. Route
+// handlers whose paths carry no {project} (e.g. rollouts by id) call it
+// once they know the project.
+func (a *API) Authorize(r *http.Request, projectID string, change bool) error {
+	need := read
+	if change {
+		need = write
+	}
+	return a.authorize(r, projectID, need)
+}
+
+// AuthorizeProject authenticates r (bearer or session) and checks that
+// its caller may read projectID. Errors wrap token.ErrScope for "known
+// but not allowed", so other packages' routes (profiles) answer 403.
+func (a *API) AuthorizeProject(r *http.Request, projectID string) error {
+	c, err := a.authenticate(r)
+	if err != nil {
+		return err
+	}
+	r2 := r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
+	if err := a.authorize(r2, projectID, read); err != nil {
+		if errors.Is(err, ErrForbidden) {
+			return fmt.Errorf("%w: %w", token.ErrScope, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// admit authenticates and authorizes r; on failure it writes the error
+// and returns false.
+func (a *API) admit(need access, w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	c, err := a.authenticate(r)
+	if err != nil {
+		WriteError(w, a.log, r, err)
+		return r, false
+	}
+	ctx := context.WithValue(r.Context(), ctxKey{}, c.Principal)
+	r = r.WithContext(context.WithValue(ctx, callerKey{}, c))
+	if err := a.authorize(r, r.PathValue("project"), need); err != nil {
+		WriteError(w, a.log, r, err)
+		return r, false
+	}
+	return r, true
+}
+
+// stream is wrap for handlers that write their own response (SSE).
+func (a *API) stream(need access, f http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r, ok := a.admit(need, w, r); ok {
+			f(w, r)
+		}
+	}
+}
 
 // wrap authenticates, authorizes, runs f and writes its result.
 func (a *API) wrap(need access, f apiFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.authenticate(r)
-		if err != nil {
-			WriteError(w, a.log, r, err)
+		r, ok := a.admit(need, w, r)
+		if !ok {
 			return
 		}
-		if need == write && p.ReadOnly {
-			WriteError(w, a.log, r, fmt.Errorf("%w: read-only token", ErrForbidden))
-			return
-		}
-		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, p))
 		v, err := f(r)
 		if err != nil {
 			WriteError(w, a.log, r, err)
@@ -194,6 +334,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/{id}/rotate", a.wrap(write, a.rotateAgent))
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/rotate-credentials", a.wrap(write, a.rotateBulk))
 	mux.HandleFunc("GET /api/v1/audit", a.wrap(read, a.listAudit))
+	a.registerConsole(mux)
 }
 
 func decode(r *http.Request, v any) error {
@@ -211,6 +352,11 @@ func (a *API) audit(r *http.Request, project, action, target string, err error) 
 	if p := PrincipalFrom(r.Context()); p != nil {
 		actor = p.Name
 	}
+	a.auditAs(r, actor, project, action, target, err)
+}
+
+// auditAs records an action of a named actor.
+func (a *API) auditAs(r *http.Request, actor, project, action, target string, err error) {
 	res := "ok"
 	if err != nil {
 		res = "error: " + err.Error()
@@ -226,7 +372,8 @@ func (a *API) whoami(r *http.Request) (any, error) { return PrincipalFrom(r.Cont
 
 func (a *API) createProject(r *http.Request) (any, error) {
 	var body struct {
-		Name string `json:"name"`
+		Name  string `json:"name"`
+		OrgID string `json:"orgId,omitempty"`
 	}
 	if err := decode(r, &body); err != nil {
 		return nil, err
@@ -235,28 +382,94 @@ func (a *API) createProject(r *http.Request) (any, error) {
 	if body.Name == "" || len(body.Name) > 100 {
 		return nil, fmt.Errorf("%w: name: must be 1 to 100 characters", ErrBadRequest)
 	}
+	c := callerFrom(r.Context())
+	if body.OrgID != "" || !c.fleetAdmin {
+		if body.OrgID == "" {
+			return nil, fmt.Errorf("%w: orgId: choose the organization of the project", ErrBadRequest)
+		}
+		if a.users() == nil {
+			return nil, fmt.Errorf("%w: orgId: this store keeps no organizations", ErrBadRequest)
+		}
+		if _, err := a.users().OrgByID(r.Context(), body.OrgID); err != nil {
+			return nil, err
+		}
+		if c.roleIn(body.OrgID).Rank() < store.RoleEditor.Rank() {
+			return nil, fmt.Errorf("%w: creating a project needs the editor or admin role in its organization", ErrForbidden)
+		}
+	}
 	p := &store.Project{ID: uuid.NewString(), Name: body.Name, CreatedAt: a.o.Now().UTC()}
 	err := a.o.Store.CreateProject(r.Context(), p)
+	if err == nil && body.OrgID != "" {
+		err = a.users().SetProjectOrg(r.Context(), p.ID, body.OrgID)
+	}
 	a.audit(r, p.ID, "project.create", body.Name, err)
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return &ProjectInfo{Project: p, OrgID: body.OrgID}, nil
+}
+
+// ProjectInfo is a project with its organization.
+type ProjectInfo struct {
+	*store.Project
+	OrgID string `json:"orgId,omitempty"`
+}
+
+// visibleProjects lists the projects the caller may read, with their
+// organizations.
+func (a *API) visibleProjects(r *http.Request) ([]*ProjectInfo, error) {
+	ps, err := a.o.Store.ListProjects(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	orgs := map[string]string{}
+	if us := a.users(); us != nil {
+		if orgs, err = us.ProjectOrgs(r.Context()); err != nil {
+			return nil, err
+		}
+	}
+	c := callerFrom(r.Context())
+	out := []*ProjectInfo{}
+	for _, p := range ps {
+		if c.fleetAdmin || c.roleIn(orgs[p.ID]) != store.RoleNone {
+			out = append(out, &ProjectInfo{Project: p, OrgID: orgs[p.ID]})
+		}
+	}
+	return out, nil
 }
 
 func (a *API) listProjects(r *http.Request) (any, error) {
-	ps, err := a.o.Store.ListProjects(r.Context())
-	if ps == nil {
-		ps = []*store.Project{}
+	ps, err := a.visibleProjects(r)
+	if err != nil {
+		return nil, err
 	}
-	return ps, err
+	if org := r.URL.Query().Get("org"); org != "" {
+		kept := []*ProjectInfo{}
+		for _, p := range ps {
+			if p.OrgID == org {
+				kept = append(kept, p)
+			}
+		}
+		ps = kept
+	}
+	return ps, nil
 }
 
 func (a *API) project(r *http.Request) (*store.Project, error) {
 	return a.o.Store.ProjectByID(r.Context(), r.PathValue("project"))
 }
 
-func (a *API) getProject(r *http.Request) (any, error) { return a.project(r) }
+func (a *API) getProject(r *http.Request) (any, error) {
+	p, err := a.project(r)
+	if err != nil {
+		return nil, err
+	}
+	org, err := a.projectOrg(r.Context(), p.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &ProjectInfo{Project: p, OrgID: org}, nil
+}
 
 // CreateTokenRequest is the body of POST .../tokens.
 type CreateTokenRequest struct {
@@ -407,6 +620,11 @@ func (a *API) listAgents(r *http.Request) (any, error) {
 	project := r.PathValue("project")
 	if project == "" {
 		project = r.URL.Query().Get("project")
+		if project != "" {
+			if err := a.authorize(r, project, read); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if project != "" {
 		if _, err := a.o.Store.ProjectByID(r.Context(), project); err != nil {
@@ -417,6 +635,28 @@ func (a *API) listAgents(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if project == "" && !callerFrom(r.Context()).fleetAdmin {
+		// Users see the agents of their organizations' projects only.
+		ps, err := a.visibleProjects(r)
+		if err != nil {
+			return nil, err
+		}
+		ok := map[string]bool{}
+		for _, p := range ps {
+			ok[p.ID] = true
+		}
+		kept := agents[:0]
+		for _, ag := range agents {
+			if ok[ag.ProjectID] {
+				kept = append(kept, ag)
+			}
+		}
+		agents = kept
+	}
+	counts := map[string]int{}
+	for _, ag := range agents {
+		counts[AgentState(ag)]++
+	}
 	if st := r.URL.Query().Get("status"); st != "" {
 		kept := agents[:0]
 		for _, ag := range agents {
@@ -426,11 +666,85 @@ func (a *API) listAgents(r *http.Request) (any, error) {
 		}
 		agents = kept
 	}
-	sort.Slice(agents, func(i, j int) bool { return agents[i].ID < agents[j].ID })
+	if err := sortAgents(agents, r.URL.Query().Get("sort")); err != nil {
+		return nil, err
+	}
 	if agents == nil {
 		agents = []*store.Agent{}
 	}
-	return agents, nil
+	q := r.URL.Query()
+	if !q.Has("limit") && !q.Has("offset") {
+		return agents, nil
+	}
+	// The paged form: one page plus the totals the console shows.
+	limit, offset := 50, 0
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 0 || limit > 1000 {
+			return nil, fmt.Errorf("%w: limit: %q is not 0 to 1000", ErrBadRequest, v)
+		}
+	}
+	if v := q.Get("offset"); v != "" {
+		if offset, err = strconv.Atoi(v); err != nil || offset < 0 {
+			return nil, fmt.Errorf("%w: offset: %q is not a non-negative number", ErrBadRequest, v)
+		}
+	}
+	page := &AgentPage{Total: len(agents), Offset: offset, Limit: limit, Counts: counts, Items: []*AgentRow{}}
+	for i := offset; i < len(agents) && i < offset+limit; i++ {
+		page.Items = append(page.Items, &AgentRow{Agent: agents[i], State: AgentState(agents[i])})
+	}
+	return page, nil
+}
+
+// AgentPage is one page of agents (GET .../agents?limit=N&offset=M).
+type AgentPage struct {
+	Items  []*AgentRow    `json:"items"`
+	Total  int            `json:"total"` // after selector and status filters
+	Offset int            `json:"offset"`
+	Limit  int            `json:"limit"`
+	Counts map[string]int `json:"counts"` // by state, before the status filter
+}
+
+// AgentRow is an agent with its summarized state.
+type AgentRow struct {
+	*store.Agent
+	State string `json:"state"`
+}
+
+// sortAgents orders by a field (id, hostname, platform, version, state,
+// lastSeen, created), descending with a leading "-"; ties go by id.
+func sortAgents(agents []*store.Agent, by string) error {
+	desc := strings.HasPrefix(by, "-")
+	by = strings.TrimPrefix(by, "-")
+	var key func(x *store.Agent) string
+	switch by {
+	case "", "id":
+		key = func(x *store.Agent) string { return "" }
+	case "hostname":
+		key = func(x *store.Agent) string { return x.Hostname }
+	case "platform":
+		key = func(x *store.Agent) string { return x.Platform }
+	case "version":
+		key = func(x *store.Agent) string { return x.Version }
+	case "state":
+		key = AgentState
+	case "lastSeen":
+		key = func(x *store.Agent) string { return x.LastSeen.UTC().Format(time.RFC3339Nano) }
+	case "created":
+		key = func(x *store.Agent) string { return x.CreatedAt.UTC().Format(time.RFC3339Nano) }
+	default:
+		return fmt.Errorf("%w: sort: %q is not id, hostname, platform, version, state, lastSeen or created", ErrBadRequest, by)
+	}
+	sort.SliceStable(agents, func(i, j int) bool {
+		ki, kj := key(agents[i]), key(agents[j])
+		if ki == kj {
+			ki, kj = agents[i].ID, agents[j].ID
+		}
+		if desc {
+			return ki > kj
+		}
+		return ki < kj
+	})
+	return nil
 }
 
 // AgentState summarizes an agent for filters: connected, disconnected,
@@ -515,14 +829,30 @@ func (a *API) rotateBulk(r *http.Request) (any, error) {
 		return nil, err
 	}
 	var body struct {
-		Selector string `json:"selector"`
+		Selector string   `json:"selector"`
+		IDs      []string `json:"ids,omitempty"` // instead of a selector: these agents
 	}
 	if err := decode(r, &body); err != nil {
 		return nil, err
 	}
-	agents, err := a.selected(r, p.ID, body.Selector)
-	if err != nil {
-		return nil, err
+	var agents []*store.Agent
+	if len(body.IDs) > 0 {
+		if body.Selector != "" {
+			return nil, fmt.Errorf("%w: give a selector or ids, not both", ErrBadRequest)
+		}
+		for _, id := range body.IDs {
+			ag, err := a.o.Store.AgentByID(r.Context(), id)
+			if err != nil || ag.ProjectID != p.ID {
+				return nil, fmt.Errorf("agent %q: %w", id, store.ErrNotFound)
+			}
+			agents = append(agents, ag)
+		}
+		body.Selector = "ids=" + strings.Join(body.IDs, ",")
+	} else {
+		agents, err = a.selected(r, p.ID, body.Selector)
+		if err != nil {
+			return nil, err
+		}
 	}
 	res := &RotateResult{Selected: len(agents)}
 	for _, ag := range agents {
@@ -538,9 +868,33 @@ func (a *API) rotateBulk(r *http.Request) (any, error) {
 
 func (a *API) listAudit(r *http.Request) (any, error) {
 	limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-	es, err := a.o.Store.ListAudit(r.Context(), r.URL.Query().Get("project"), limit)
-	if es == nil {
-		es = []*store.AuditEntry{}
+	project := r.URL.Query().Get("project")
+	if project != "" {
+		if err := a.authorize(r, project, read); err != nil {
+			return nil, err
+		}
 	}
-	return es, err
+	es, err := a.o.Store.ListAudit(r.Context(), project, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := []*store.AuditEntry{}
+	if c := callerFrom(r.Context()); !c.fleetAdmin {
+		// Users see the entries of their organizations' projects.
+		ps, err := a.visibleProjects(r)
+		if err != nil {
+			return nil, err
+		}
+		ok := map[string]bool{}
+		for _, p := range ps {
+			ok[p.ID] = true
+		}
+		for _, e := range es {
+			if ok[e.ProjectID] {
+				out = append(out, e)
+			}
+		}
+		return out, nil
+	}
+	return append(out, es...), nil
 }
