@@ -33,7 +33,7 @@ func CPU(start time.Time, d time.Duration, stacks [][]string, values []int64) *p
 				fn := &profile.Function{ID: uint64(len(fns) + 1), Name: name, SystemName: name, Filename: "app.go"}
 				fns[name] = fn
 				p.Function = append(p.Function, fn)
-				loc = &profile.Location{ID: uint64(len(locs) + 1), Mapping: m, Address: 0x400000 + uint64(len(locs)+1)*16,
+				loc = &profile.Location{ID: uint64(len(locs) + 1), Mapping: m, Address: 0x400000 + addrOf(name),
 					Line: []profile.Line{{Function: fn, Line: int64(len(locs) + 1)}}}
 				locs[name] = loc
 				p.Location = append(p.Location, loc)
@@ -68,6 +68,16 @@ func Sized(start time.Time, d time.Duration, size int, seed int) []byte {
 		values[i] = int64(1 + (i+seed)%13)
 	}
 	return Gzipped(CPU(start, d, stacks, values))
+}
+
+// addrOf gives each function name a stable address, as a real binary
+// does, so that profiles of different windows merge by location.
+func addrOf(name string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 1099511628211
+	}
+	return (h % 0x3ffff) * 16
 }
 
 func fnName(seed, i int) string {
