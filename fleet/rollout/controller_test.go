@@ -1,0 +1,438 @@
+package rollout
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-telemetry/opamp-go/protobufs"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
+)
+
+func TestPlan(t *testing.T) {
+	for _, tc := range []struct {
+		n, canary, pct, count int
+		want                  []int
+	}{
+		{n: 0, canary: 1, want: nil},
+		{n: 5, want: []int{5}},
+		{n: 5, canary: 1, want: []int{1, 4}},
+		{n: 5, canary: 1, count: 2, want: []int{1, 2, 2}},
+		{n: 10, canary: 2, pct: 30, want: []int{2, 3, 3, 2}},
+		{n: 3, canary: 5, want: []int{3}},
+		{n: 7, pct: 50, want: []int{4, 3}},
+		{n: 1000, canary: 10, pct: 100, want: []int{10, 990}},
+		{n: 4, pct: 1, want: []int{1, 1, 1, 1}},
+	} {
+		got := Plan(tc.n, tc.canary, tc.pct, tc.count)
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("Plan(%d, canary %d, %d%%, count %d) (-want +got):\n%s", tc.n, tc.canary, tc.pct, tc.count, diff)
+		}
+	}
+}
+
+func TestWins(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	general := &store.Rollout{ID: "a", Specificity: 1, CreatedAt: t0.Add(time.Hour)}
+	specific := &store.Rollout{ID: "b", Specificity: 2, CreatedAt: t0}
+	newer := &store.Rollout{ID: "c", Specificity: 1, CreatedAt: t0.Add(2 * time.Hour)}
+	if !Wins(specific, general) || Wins(general, specific) {
+		t.Error("the more specific selector must win even when older")
+	}
+	if !Wins(newer, general) || Wins(general, newer) {
+		t.Error("at equal specificity the newer rollout must win")
+	}
+}
+
+// fleet is a fake fleet of agents: Send makes the agent report the
+// pushed hash as APPLIED, or FAILED when its id is in fail.
+type fleet struct {
+	t    *testing.T
+	st   store.Store
+	mu   sync.Mutex
+	sent map[string][]string // agent → hashes pushed
+	fail map[string]bool
+	mute map[string]bool // agents that never answer
+}
+
+func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgent) error {
+	h := hex.EncodeToString(msg.RemoteConfig.ConfigHash)
+	f.mu.Lock()
+	f.sent[id] = append(f.sent[id], h)
+	fail, mute := f.fail[id], f.mute[id]
+	f.mu.Unlock()
+	if mute {
+		return nil
+	}
+	a, err := f.st.AgentByID(ctx, id)
+	if err != nil {
+		return err
+	}
+	a.ConfigHash, a.ConfigStatus, a.ConfigError = h, "APPLIED", ""
+	if fail {
+		a.ConfigStatus, a.ConfigError = "FAILED", "boom"
+	}
+	return f.st.UpsertAgent(ctx, a)
+}
+
+func (f *fleet) Connected() []string { return nil }
+
+func (f *fleet) pushes(id string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.sent[id]...)
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time     { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+type env struct {
+	t     *testing.T
+	st    *sqlite.Store
+	clk   *clock
+	fl    *fleet
+	c     *Controller
+	proj  string
+	files string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := sqlite.Open(t.Context(), filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := &env{t: t, st: st, clk: &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}, proj: "p1", files: dir}
+	e.fl = &fleet{t: t, st: st, sent: map[string][]string{}, fail: map[string]bool{}, mute: map[string]bool{}}
+	if err := st.CreateProject(t.Context(), &store.Project{ID: e.proj, Name: "p", CreatedAt: e.clk.now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.restart()
+	return e
+}
+
+// restart replaces the controller, as a fleet restart does.
+func (e *env) restart() {
+	c, err := New(Options{Store: e.st, Now: e.clk.now, AgentTimeout: time.Minute, PushRetry: time.Hour})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.pusher = e.fl
+	e.c = c
+}
+
+func (e *env) agent(id string, labels map[string]string) {
+	e.t.Helper()
+	a := &store.Agent{ID: id, ProjectID: e.proj, Labels: labels, Connected: true, Healthy: true}
+	if err := e.st.UpsertAgent(e.t.Context(), a); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// step runs one controller step and delivers the pushes it queued.
+func (e *env) step() {
+	ctx := e.t.Context()
+	e.c.Step(ctx)
+	for range 3 {
+		e.c.qmu.Lock()
+		q := e.c.queue
+		e.c.queue = map[string]*store.Agent{}
+		e.c.qmu.Unlock()
+		if len(q) == 0 {
+			return
+		}
+		for id, a := range q {
+			e.c.reconcile(ctx, id, a)
+		}
+	}
+}
+
+func (e *env) apply(yaml, sel string, canary, waveCount int, pause time.Duration, maxFail int) *store.Rollout {
+	e.t.Helper()
+	r, _, err := e.c.Apply(e.t.Context(), ApplyRequest{ProjectID: e.proj, YAML: []byte(yaml), Selector: sel, Canary: canary, WaveCount: waveCount, WavePause: pause, MaxFailurePercent: maxFail, Actor: "test"})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+func (e *env) status(id string) *Status {
+	e.t.Helper()
+	st, err := e.c.Get(e.t.Context(), id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+func (e *env) states(id string) map[string]string {
+	out := map[string]string{}
+	for _, a := range e.status(id).Agents {
+		out[a.AgentID] = a.State
+	}
+	return out
+}
+
+func (e *env) assigned(id string) string {
+	a, err := e.st.AssignmentByAgent(e.t.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return ""
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return a.ConfigHash
+}
+
+func systemd(n int) map[string]string { return map[string]string{"platform": "systemd", "node": fmt.Sprint(n)} }
+
+func TestStagesWithWavePauses(t *testing.T) {
+	e := newEnv(t)
+	for i := range 5 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	e.agent("k0", map[string]string{"platform": "kubernetes"})
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 1, 2, 30*time.Second, 0)
+	if diff := cmp.Diff([]int{1, 2, 2}, e.status(r.ID).StageSizes); diff != "" {
+		t.Fatalf("stage sizes (-want +got):\n%s", diff)
+	}
+
+	e.step() // canary assigned, pushed, applied
+	e.step() // canary evaluated: pause starts
+	st := e.status(r.ID)
+	if st.Status != StatusRunning || st.Stage != 0 || st.NextStageAt == nil || !st.NextStageAt.Equal(e.clk.now().Add(30*time.Second)) {
+		t.Fatalf("after canary: status %s stage %d next %v, want running, stage 0, next in 30s", st.Status, st.Stage, st.NextStageAt)
+	}
+	want := map[string]string{"s0": AgentApplied, "s1": AgentWaiting, "s2": AgentWaiting, "s3": AgentWaiting, "s4": AgentWaiting}
+	if diff := cmp.Diff(want, e.states(r.ID)); diff != "" {
+		t.Fatalf("after canary (-want +got):\n%s", diff)
+	}
+
+	e.clk.add(29 * time.Second)
+	e.step()
+	if got := e.fl.pushes("s1"); len(got) != 0 {
+		t.Fatalf("wave 1 pushed during the pause: %v", got)
+	}
+	e.clk.add(time.Second)
+	e.step()
+	e.step()
+	want["s1"], want["s2"] = AgentApplied, AgentApplied
+	if diff := cmp.Diff(want, e.states(r.ID)); diff != "" {
+		t.Fatalf("after wave 1 (-want +got):\n%s", diff)
+	}
+	e.clk.add(30 * time.Second)
+	e.step()
+	e.step()
+	st = e.status(r.ID)
+	if st.Status != StatusCompleted {
+		t.Fatalf("status %s (%s), want completed", st.Status, st.Reason)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("s%d", i)
+		if got := e.fl.pushes(id); len(got) != 1 || got[0] != r.ConfigHash {
+			t.Errorf("%s got pushes %v, want exactly the new hash once", id, got)
+		}
+	}
+	if got := e.fl.pushes("k0"); len(got) != 0 {
+		t.Errorf("kubernetes agent got %v, want nothing", got)
+	}
+
+	// A host that enrolls later gets the config of its selector.
+	e.agent("s9", systemd(9))
+	e.c.OnAgentStatus(&store.Agent{ID: "s9", ProjectID: e.proj, Labels: systemd(9), Connected: true})
+	e.step()
+	if got := e.fl.pushes("s9"); len(got) != 1 || got[0] != r.ConfigHash {
+		t.Errorf("late agent got %v, want the completed rollout's config", got)
+	}
+}
+
+func TestCanaryFailureHaltsAndRollbackRestores(t *testing.T) {
+	e := newEnv(t)
+	for i := range 3 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	v1 := e.apply("sampling: {frequency_hz: 29}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step()
+	e.step()
+	if st := e.status(v1.ID); st.Status != StatusCompleted {
+		t.Fatalf("v1: %s (%s)", st.Status, st.Reason)
+	}
+	e.fl.fail["s0"] = true
+	v2 := e.apply("sampling: {frequency_hz: 99}\n", "platform=systemd", 1, 0, 0, 0)
+	for range 3 {
+		e.step()
+	}
+	st := e.status(v2.ID)
+	if st.Status != StatusHalted || !strings.Contains(st.Reason, "canary failed") || !strings.Contains(st.Reason, "boom") {
+		t.Fatalf("v2: status %s reason %q, want halted naming the canary and the agent's error", st.Status, st.Reason)
+	}
+	for _, id := range []string{"s1", "s2"} {
+		if got := e.assigned(id); got != v1.ConfigHash {
+			t.Errorf("%s assigned %s after the halt, want v1 (no wave may start)", id, got)
+		}
+		if n := len(e.fl.pushes(id)); n != 1 {
+			t.Errorf("%s got %d pushes, want 1 (v1 only)", id, n)
+		}
+	}
+	e.clk.add(time.Hour)
+	e.step()
+	if st := e.status(v2.ID); st.Status != StatusHalted {
+		t.Fatalf("halted rollout moved on to %s", st.Status)
+	}
+
+	if _, err := e.c.Rollback(t.Context(), v2.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.step()
+	for _, id := range []string{"s0", "s1", "s2"} {
+		if got := e.assigned(id); got != v1.ConfigHash {
+			t.Errorf("%s assigned %s after rollback, want v1", id, got)
+		}
+	}
+	if got := e.fl.pushes("s0"); len(got) != 3 || got[2] != v1.ConfigHash {
+		t.Errorf("s0 pushes %v, want v1, v2, v1", got)
+	}
+	if _, err := e.c.Rollback(t.Context(), v2.ID, "test"); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("second rollback: %v, want ErrConflict", err)
+	}
+}
+
+func TestSilentAgentTimesOut(t *testing.T) {
+	e := newEnv(t)
+	e.agent("s0", systemd(0))
+	e.agent("s1", systemd(1))
+	e.fl.mute["s0"] = true
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 1, 0, 0, 0)
+	e.step()
+	e.clk.add(59 * time.Second)
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusRunning {
+		t.Fatalf("status %s before the timeout", st.Status)
+	}
+	e.clk.add(time.Second)
+	e.step()
+	st := e.status(r.ID)
+	if st.Status != StatusHalted || !strings.Contains(st.Reason, "did not report") {
+		t.Fatalf("status %s reason %q, want halted for the silent canary", st.Status, st.Reason)
+	}
+}
+
+func TestRestartResumesDuringPause(t *testing.T) {
+	e := newEnv(t)
+	for i := range 3 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 1, 1, time.Minute, 0)
+	e.step()
+	e.step()
+	e.restart()
+	e.clk.add(time.Minute)
+	e.step()
+	e.step()
+	if got := e.states(r.ID); got["s1"] != AgentApplied || got["s2"] != AgentWaiting {
+		t.Fatalf("after restart and one pause: %v", got)
+	}
+	e.restart()
+	e.clk.add(time.Minute)
+	e.step()
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Fatalf("status %s, want completed", st.Status)
+	}
+}
+
+func TestPauseResume(t *testing.T) {
+	e := newEnv(t)
+	for i := range 2 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	r := e.apply("sampling: {frequency_hz: 49}\n", "", 1, 0, 0, 0)
+	e.step()
+	if _, err := e.c.Pause(t.Context(), r.ID, "op"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		e.step()
+	}
+	if got := e.states(r.ID)["s1"]; got != AgentWaiting {
+		t.Fatalf("paused rollout started wave 1: s1 is %s", got)
+	}
+	if _, err := e.c.Resume(t.Context(), r.ID, "op"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		e.step()
+	}
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Fatalf("status %s, want completed", st.Status)
+	}
+	if _, err := e.c.Pause(t.Context(), r.ID, "op"); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("pausing a completed rollout: %v, want ErrConflict", err)
+	}
+}
+
+func TestMostSpecificSelectorWins(t *testing.T) {
+	e := newEnv(t)
+	east := map[string]string{"platform": "systemd", "cluster": "east"}
+	e.agent("e0", east)
+	e.agent("w0", map[string]string{"platform": "systemd", "cluster": "west"})
+	specific := e.apply("sampling: {frequency_hz: 11}\n", "platform=systemd,cluster=east", 0, 0, 0, 0)
+	e.step()
+	e.step()
+	e.clk.add(time.Second)
+	general := e.apply("sampling: {frequency_hz: 22}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step()
+	e.step()
+	if got := e.assigned("e0"); got != specific.ConfigHash {
+		t.Errorf("east agent assigned %s, want the more specific (older) config", got)
+	}
+	if got := e.assigned("w0"); got != general.ConfigHash {
+		t.Errorf("west agent assigned %s, want the general config", got)
+	}
+	// A new east host resolves the same way.
+	e.agent("e1", east)
+	e.c.OnAgentStatus(&store.Agent{ID: "e1", ProjectID: e.proj, Labels: east, Connected: true})
+	e.step()
+	if got := e.assigned("e1"); got != specific.ConfigHash {
+		t.Errorf("new east agent assigned %s, want the more specific config", got)
+	}
+}
+
+func TestApplyRejectsBadInput(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name, yaml, sel, want string
+	}{
+		{"syntax", "sampling: [\n", "", "invalid config syntax"},
+		{"unknown field", "sampling: {frequncy_hz: 5}\n", "", "frequncy_hz"},
+		{"range", "sampling: {frequency_hz: 5000}\n", "", "sampling.frequency_hz"},
+		{"selector", "", "platform in (", "selector"},
+	} {
+		_, _, err := e.c.Apply(t.Context(), ApplyRequest{ProjectID: e.proj, YAML: []byte(tc.yaml), Selector: tc.sel})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want ErrInvalid naming %q", tc.name, err, tc.want)
+		}
+	}
+	if rs, _ := e.st.ListRollouts(t.Context(), store.RolloutFilter{}); len(rs) != 0 {
+		t.Errorf("%d rollouts stored from bad input", len(rs))
+	}
+	if cs, _ := e.st.ListConfigVersions(t.Context(), e.proj); len(cs) != 0 {
+		t.Errorf("%d config versions stored from bad input", len(cs))
+	}
+}
