@@ -97,7 +97,7 @@ type clock struct {
 	t  time.Time
 }
 
-func (c *clock) now() time.Time     { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 type env struct {
@@ -200,7 +200,9 @@ func (e *env) assigned(id string) string {
 	return a.ConfigHash
 }
 
-func systemd(n int) map[string]string { return map[string]string{"platform": "systemd", "node": fmt.Sprint(n)} }
+func systemd(n int) map[string]string {
+	return map[string]string{"platform": "systemd", "node": fmt.Sprint(n)}
+}
 
 func TestStagesWithWavePauses(t *testing.T) {
 	e := newEnv(t)
