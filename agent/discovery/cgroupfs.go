@@ -95,7 +95,7 @@ func (c *CgroupFS) PIDs(path string) ([]int, error) {
 
 // Containers walks the hierarchy and returns, for each container id found in
 // a cgroup name, the cgroup paths (relative to the root) that hold it,
-// outermost first. Walking stops at MaxDepth directories below the root.
+// outermost first. It looks at most maxDepth directories below the root.
 func (c *CgroupFS) Containers() (map[string][]string, error) {
 	out := map[string][]string{}
 	err := filepath.WalkDir(c.Root, func(p string, d fs.DirEntry, err error) error {

@@ -60,8 +60,8 @@ func randomID(t *testing.T) string {
 
 // container is a real process in a real cgroup named as a runtime would.
 type container struct {
-	id, cgroup string // cgroup relative to the hierarchy root
-	pid        int
+	cgroup string // relative to the hierarchy root
+	pid    int
 }
 
 // startContainer makes the cgroup dir under root and moves a new sleep
@@ -106,7 +106,7 @@ func createPod(t *testing.T, c kubernetes.Interface, ns, name, node string, lbl 
 	ctx := t.Context()
 	p, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: lbl},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "example/app:1"}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "example/app:1"}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create pod %s/%s: %v", ns, name, err)
