@@ -34,7 +34,7 @@ func CPU(start time.Time, d time.Duration, stacks [][]string, values []int64) *p
 				fns[name] = fn
 				p.Function = append(p.Function, fn)
 				loc = &profile.Location{ID: uint64(len(locs) + 1), Mapping: m, Address: 0x400000 + addrOf(name),
-					Line: []profile.Line{{Function: fn, Line: int64(len(locs) + 1)}}}
+					Line: []profile.Line{{Function: fn, Line: int64(addrOf(name) % 1000)}}}
 				locs[name] = loc
 				p.Location = append(p.Location, loc)
 			}
