@@ -66,7 +66,7 @@ type container struct {
 
 // startContainer makes the cgroup dir under root and moves a new sleep
 // process into it; cleanup kills it and removes the dirs it made.
-func startContainer(t *testing.T, root, rel string) *container {
+func startContainer(t testing.TB, root, rel string) *container {
 	t.Helper()
 	dir := filepath.Join(root, rel)
 	// Remember which dirs to remove, deepest first.
@@ -101,7 +101,7 @@ func startContainer(t *testing.T, root, rel string) *container {
 	return &container{cgroup: "/" + filepath.ToSlash(rel), pid: cmd.Process.Pid}
 }
 
-func createPod(t *testing.T, c kubernetes.Interface, ns, name, node string, lbl map[string]string, containerID string) *corev1.Pod {
+func createPod(t testing.TB, c kubernetes.Interface, ns, name, node string, lbl map[string]string, containerID string) *corev1.Pod {
 	t.Helper()
 	ctx := t.Context()
 	p, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
@@ -340,3 +340,11 @@ func TestContainerID(t *testing.T) {
 		}
 	}
 }
+
+func nsObj(ns string) *corev1.Namespace { return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}} }
+
+func createPodB(b *testing.B, ns, name, node string, lbl map[string]string, id string) *corev1.Pod {
+	return createPod(b, kube.Clientset, ns, name, node, lbl, id)
+}
+
+func startContainerB(b *testing.B, root, rel string) int { return startContainer(b, root, rel).pid }
