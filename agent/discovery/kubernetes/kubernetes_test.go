@@ -341,7 +341,9 @@ func TestContainerID(t *testing.T) {
 	}
 }
 
-func nsObj(ns string) *corev1.Namespace { return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}} }
+func nsObj(ns string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
+}
 
 func createPodB(b *testing.B, ns, name, node string, lbl map[string]string, id string) *corev1.Pod {
 	return createPod(b, kube.Clientset, ns, name, node, lbl, id)
