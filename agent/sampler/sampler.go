@@ -124,3 +124,16 @@ func checkRate(hz int, window time.Duration) error {
 	}
 	return nil
 }
+
+// ProgramStats is the kernel's accounting of the sampler's eBPF programs.
+// The kernel only counts while kernel.bpf_stats_enabled=1 (or a
+// BPF_ENABLE_STATS fd is held).
+type ProgramStats struct {
+	// Samples is how often the perf_event program ran (one per sample).
+	Samples uint64
+	// SampleTime is the time spent in the perf_event program.
+	SampleTime time.Duration
+	// Execs and ExecTime are the same for the exec tracepoint program.
+	Execs    uint64
+	ExecTime time.Duration
+}

@@ -604,3 +604,20 @@ func paranoid() string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// ProgramStats returns the run counts and run times of the sampler's eBPF
+// programs since they were loaded.
+func (s *Sampler) ProgramStats() (ProgramStats, error) {
+	var st ProgramStats
+	ps, err := s.objs.Sample.Stats()
+	if err != nil {
+		return st, fmt.Errorf("stats of sample program: %w", err)
+	}
+	st.Samples, st.SampleTime = ps.RunCount, ps.Runtime
+	pe, err := s.objs.OnExec.Stats()
+	if err != nil {
+		return st, fmt.Errorf("stats of exec program: %w", err)
+	}
+	st.Execs, st.ExecTime = pe.RunCount, pe.Runtime
+	return st, nil
+}

@@ -31,3 +31,8 @@ func (s *Sampler) Rate() (hz int, window time.Duration) { return 0, 0 }
 
 // Close does nothing.
 func (s *Sampler) Close() error { return nil }
+
+// ProgramStats returns an error wrapping ErrNotSupported.
+func (s *Sampler) ProgramStats() (ProgramStats, error) {
+	return ProgramStats{}, fmt.Errorf("eBPF sampling needs Linux: %w", ErrNotSupported)
+}
