@@ -65,6 +65,7 @@ type Agent struct {
 	mu   sync.Mutex
 	errs map[string]string // component → why it is not working
 	cfg  *config.Config    // config in effect
+	dp   *dataPlane
 }
 
 // New validates options and builds the agent.
@@ -94,9 +95,11 @@ func New(o Options) (*Agent, error) {
 		if o.StateDir == "" {
 			return nil, errors.New("--state-dir is required with --fleet-address (the credential is kept there)")
 		}
+		a.loadLastGoodConfig()
 		ctl, err := control.New(control.Options{
 			FleetURL: o.FleetAddress, BootstrapToken: o.BootstrapToken, StateDir: o.StateDir, TLSConfig: tlsCfg,
 			Description: a.describe(), Logger: o.Logger.Named("control"),
+			Callbacks: a.controlCallbacks(),
 		})
 		if err != nil {
 			return nil, err

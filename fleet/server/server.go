@@ -23,7 +23,10 @@ import (
 
 	"github.com/fleetprof/fleetprof/fleet/auth"
 	"github.com/fleetprof/fleetprof/fleet/console"
+	"github.com/fleetprof/fleetprof/fleet/ingest"
 	"github.com/fleetprof/fleetprof/fleet/opamp"
+	"github.com/fleetprof/fleetprof/fleet/profiles"
+	"github.com/fleetprof/fleetprof/fleet/rollout"
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
 	"github.com/fleetprof/fleetprof/internal/token"
@@ -43,6 +46,10 @@ type Options struct {
 	CredentialTTL time.Duration
 	// MaxConnections of OpAMP agents; 0 means the opamp default.
 	MaxConnections int
+	// ProfileRetention is the maximum age of stored profiles; 0 means 15 days.
+	ProfileRetention time.Duration
+	// ProfileMaxBytes caps stored profile bytes; 0 means no cap.
+	ProfileMaxBytes int64
 	// RotationRate paces bulk credential rotation (offers per second).
 	RotationRate float64
 	Logger       *zap.Logger
@@ -102,21 +109,42 @@ func Run(ctx context.Context, o Options) error {
 	if err := ensureAdminToken(ctx, o.DataDir, au, log); err != nil {
 		return err
 	}
+	ro, err := rollout.New(rollout.Options{Store: st, Logger: log.Named("rollout")})
+	if err != nil {
+		return err
+	}
 	op, err := opamp.New(opamp.Options{
 		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
 		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
 		FailRotation: failRotationHook(),
+		Callbacks:    opamp.Callbacks{OnAgentStatus: ro.OnAgentStatus},
 	})
 	if err != nil {
 		return err
 	}
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL})
+	ps, err := profiles.Open(ctx, filepath.Join(o.DataDir, "profiles"), &profiles.Options{
+		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,
+	})
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	ing, err := ingest.New(ingest.Options{Store: ps, Auth: au, Logger: log.Named("ingest"), Registerer: reg})
+	if err != nil {
+		return err
+	}
 
 	var shuttingDown atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle(opamp.Path, op.Handler())
 	api.Register(mux)
 	api.RegisterUI(mux) // the web console at /
+	api.RegisterRollouts(mux, ro)
+	ing.Register(mux)
+	profiles.NewQueryAPI(ps).Register(mux, func(r *http.Request, projectID string) error {
+		return api.AuthorizeProject(r, projectID)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -163,7 +191,9 @@ func Run(ctx context.Context, o Options) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return au.Run(gctx) })
+	g.Go(func() error { return ro.Run(gctx, op) })
 	g.Go(func() error { return op.Run(gctx) })
+	g.Go(func() error { return ps.Run(gctx) })
 	g.Go(func() error {
 		var err error
 		if o.TLSCertFile != "" {
