@@ -245,15 +245,39 @@ func (ix *Index) Lookup(pid uint32) (map[string]string, bool) {
 	}
 	lines, _ := cgroup.ParseProcCgroup(cgroupData)
 
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
+	for {
+		// Read comm and exe before taking the lock, when they may be needed.
+		ix.mu.RLock()
+		sel := ix.settings.Selection
+		ix.mu.RUnlock()
+		var proc map[string]string
+		if sel == nil || sel.processes() {
+			proc = ix.processLabels(pid)
+		}
+		ix.mu.Lock()
+		if ix.settings.Selection != sel {
+			ix.mu.Unlock() // settings changed meanwhile
+			continue
+		}
+		res := ix.resolve(pid, lines, sel, proc)
+		res.expires = now.Add(ix.ttl)
+		if len(ix.cache) >= ix.size {
+			clear(ix.cache)
+		}
+		ix.cache[pid] = res
+		ix.mu.Unlock()
+		return res.labels, res.ok
+	}
+}
+
+// resolve computes a Lookup answer; ix.mu held.
+func (ix *Index) resolve(pid uint32, lines []cgroup.Line, sel *Selection, proc map[string]string) cached {
 	e := ix.match(int(pid), lines)
-	sel := ix.settings.Selection
 	var res cached
 	switch {
 	case sel == nil:
 		// Whole host: one target per process, with its container/unit labels.
-		l := ix.processLabels(pid)
+		l := proc
 		if e != nil {
 			for k, v := range e.t.Labels {
 				if _, ok := l[k]; !ok {
@@ -265,18 +289,12 @@ func (ix *Index) Lookup(pid uint32) (map[string]string, bool) {
 	case e != nil && e.selected:
 		res.labels = e.labels
 	case sel.processes():
-		l := ix.processLabels(pid)
-		if sel.matchProcess(l[LabelComm], l[LabelExe]) {
-			res.labels = ix.finish(l)
+		if sel.matchProcess(proc[LabelComm], proc[LabelExe]) {
+			res.labels = ix.finish(proc)
 		}
 	}
 	res.ok = res.labels != nil
-	res.expires = now.Add(ix.ttl)
-	if len(ix.cache) >= ix.size {
-		clear(ix.cache)
-	}
-	ix.cache[pid] = res
-	return res.labels, res.ok
+	return res
 }
 
 // match finds pid's target: by pid, by container id in a cgroup path, or by

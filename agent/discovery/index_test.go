@@ -260,3 +260,33 @@ func TestManagerApplyConfig(t *testing.T) {
 		t.Error("a rejected config changed the selection")
 	}
 }
+
+func TestIndexConcurrent(t *testing.T) {
+	f, units, pods := setup(t)
+	ix := NewIndex(IndexOptions{Node: "n1", ProcRoot: f.root})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			ix.Update(SourceSystemd, units)
+			ix.Update(SourceKubernetes, pods)
+			if i%2 == 0 {
+				ix.Apply(Settings{Selection: compile(t, Selector{Units: []string{"nginx.service"}})})
+			} else {
+				ix.Apply(Settings{})
+			}
+		}
+	}()
+	for range 2000 {
+		for pid := uint32(10); pid <= 14; pid++ {
+			if l, ok := ix.Lookup(pid); ok && l["node"] != "n1" {
+				t.Fatalf("Lookup(%d) = %v", pid, l)
+			}
+		}
+	}
+	<-done
+	ix.Apply(Settings{})
+	if l, ok := ix.Lookup(10); !ok || l["systemd_unit"] != "nginx.service" || l["comm"] != "nginx" {
+		t.Errorf("after the churn: Lookup(10) = %v, %v", l, ok)
+	}
+}
