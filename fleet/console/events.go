@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-		"time"
+	"time"
 
 	"go.uber.org/zap"
 

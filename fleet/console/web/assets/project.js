@@ -323,7 +323,7 @@ async function agent({ project: pid, id }) {
             h('p', {}, a.healthy ? badge('healthy', 'ok') : badge('unhealthy'), ' ', a.health || '')),
           h('section', { class: 'panel', 'aria-labelledby': 'ag-cred' }, h('h2', { id: 'ag-cred' }, 'Credential'),
             h('dl', { class: 'kv' },
-              h('dt', {}, 'Credential'), h('dd', { class: 'mono small' }, a.credentialId || '—'),
+              h('dt', {}, 'Credential'), h('dd', { class: 'mono small', id: 'agent-credential' }, a.credentialId || '—'),
               h('dt', {}, 'Expires'), h('dd', {}, fmtTime(a.credentialExpiresAt), a.credentialExpiresAt ? ' (' + fmtAgo(a.credentialExpiresAt) + ')' : ''),
               h('dt', {}, 'Rotation'), h('dd', { id: 'agent-rotation' }, a.rotationStatus ? badge(a.rotationStatus, a.rotationStatus === 'rotated' ? 'ok' : a.rotationStatus) : '—',
                 a.pendingCredentialId ? h('div', { class: 'small muted' }, 'pending ' + a.pendingCredentialId) : null,
