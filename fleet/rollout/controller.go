@@ -177,6 +177,16 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 	defer t.Stop()
 	for {
 		c.Step(ctx)
+		// Reports wake the loop early, but at most every Tick/10, so a
+		// burst of thousands of reports costs a few steps, not thousands.
+		rest := time.NewTimer(c.o.Tick / 10)
+		select {
+		case <-ctx.Done():
+			rest.Stop()
+			wg.Wait()
+			return nil
+		case <-rest.C:
+		}
 		select {
 		case <-ctx.Done():
 			wg.Wait()
@@ -200,6 +210,10 @@ func (c *Controller) OnAgentStatus(a *store.Agent) {
 	}
 	cp := *a
 	c.enqueue(a.ID, &cp)
+	if a.ConfigStatus == "APPLIED" || a.ConfigStatus == "FAILED" {
+		// A stage may be over: evaluate soon rather than at the next tick.
+		c.wake()
+	}
 }
 
 func (c *Controller) enqueue(id string, a *store.Agent) {
