@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -288,5 +289,58 @@ func TestIndexConcurrent(t *testing.T) {
 	ix.Apply(Settings{})
 	if l, ok := ix.Lookup(10); !ok || l["systemd_unit"] != "nginx.service" || l["comm"] != "nginx" {
 		t.Errorf("after the churn: Lookup(10) = %v, %v", l, ok)
+	}
+}
+
+// fakeDiscoverer sends one set, then waits.
+type fakeDiscoverer struct{ ts []Target }
+
+func (f fakeDiscoverer) Run(ctx context.Context, up chan<- []Target) error {
+	select {
+	case up <- f.ts:
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func TestManagerRun(t *testing.T) {
+	f, units, _ := setup(t)
+	ix := NewIndex(IndexOptions{ProcRoot: f.root})
+	m, err := NewManager(ManagerOptions{Index: ix, Static: Selector{Units: []string{"nginx.service"}},
+		Discoverers: map[string]Discoverer{SourceSystemd: fakeDiscoverer{units}}, SweepInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if l, ok := ix.Lookup(10); ok && l["systemd_unit"] == "nginx.service" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("discovered unit never reached the index")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	// Index.ApplyConfig: the config alone (no static units) selects nothing of these.
+	cfg, err := config.Parse([]byte("targets: {processes: {comm: '^java$'}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ix.ApplyConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ix.Lookup(10); ok {
+		t.Error("nginx still selected")
+	}
+	if l, ok := ix.Lookup(12); !ok || l["comm"] != "java" {
+		t.Errorf("Lookup(java) = %v, %v", l, ok)
 	}
 }

@@ -108,6 +108,18 @@ func (m *Manager) ApplyConfig(c *config.Config) error {
 	return nil
 }
 
+// ApplyConfig switches the Index to a remote config's selectors, relabel
+// rules and external labels (without the Manager's static selectors). On
+// error nothing changes.
+func (ix *Index) ApplyConfig(c *config.Config) error {
+	s, err := SettingsFromConfig(c, Selector{})
+	if err != nil {
+		return err
+	}
+	ix.Apply(s)
+	return nil
+}
+
 func (m *Manager) apply(s Settings) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

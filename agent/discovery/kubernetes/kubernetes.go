@@ -57,8 +57,10 @@ func RESTConfig(kubeconfig string) (*rest.Config, error) {
 
 // Options configure a Discoverer.
 type Options struct {
-	// Client talks to the API server. Required.
+	// Client talks to the API server; nil means one made from Config.
 	Client kubernetes.Interface
+	// Config is used when Client is nil (see RESTConfig).
+	Config *rest.Config
 	// Node is this node's name; only pods with spec.nodeName=Node are
 	// watched. Required.
 	Node string
@@ -82,8 +84,15 @@ type Discoverer struct {
 
 // New checks opts and returns a Discoverer.
 func New(opts Options) (*Discoverer, error) {
+	if opts.Client == nil && opts.Config != nil {
+		c, err := kubernetes.NewForConfig(opts.Config)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		opts.Client = c
+	}
 	if opts.Client == nil {
-		return nil, errors.New("kubernetes discovery: nil client")
+		return nil, errors.New("kubernetes discovery: no client and no config")
 	}
 	if opts.Node == "" {
 		return nil, ErrNoNode
