@@ -334,6 +334,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/{id}/rotate", a.wrap(write, a.rotateAgent))
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/rotate-credentials", a.wrap(write, a.rotateBulk))
 	mux.HandleFunc("GET /api/v1/audit", a.wrap(read, a.listAudit))
+	a.registerCredentials(mux)
 	a.registerConsole(mux)
 }
 

@@ -238,9 +238,6 @@ func (a *API) createUser(r *http.Request) (any, error) {
 	if err := decode(r, &body); err != nil {
 		return nil, err
 	}
-	if body.Name, err = validName("name", body.Name); err != nil {
-		return nil, err
-	}
 	c := callerFrom(r.Context())
 	if body.FleetAdmin && !c.canManage() {
 		return nil, fmt.Errorf("%w: only fleet admins create fleet admins", ErrForbidden)
@@ -255,6 +252,9 @@ func (a *API) createUser(r *http.Request) (any, error) {
 		if err := a.orgRole(r, body.OrgID, store.RoleAdmin); err != nil {
 			return nil, err
 		}
+	}
+	if body.Name, err = validName("name", body.Name); err != nil {
+		return nil, err
 	}
 	key := UserKeyPrefix + randomString(32)
 	u := &store.User{
