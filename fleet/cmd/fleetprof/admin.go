@@ -23,13 +23,17 @@ type adminFlags struct {
 }
 
 func (a *adminFlags) register(fs *flag.FlagSet) {
+	a.registerServer(fs)
+	fs.StringVar(&a.output, "o", "table", "output: table or json")
+	fs.StringVar(&a.output, "output", "table", "output: table or json")
+}
+
+func (a *adminFlags) registerServer(fs *flag.FlagSet) {
 	def := os.Getenv("FLEETPROF_SERVER")
 	if def == "" {
 		def = "http://127.0.0.1:8080"
 	}
 	fs.StringVar(&a.server, "server", def, "fleet URL")
-	fs.StringVar(&a.output, "o", "table", "output: table or json")
-	fs.StringVar(&a.output, "output", "table", "output: table or json")
 }
 
 func (a *adminFlags) client() (*client.Client, error) {
