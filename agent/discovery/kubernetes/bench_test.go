@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/fleetprof/fleetprof/agent/discovery"
 	"github.com/fleetprof/fleetprof/agent/discovery/cgroup"
 	"github.com/fleetprof/fleetprof/test/harness"
@@ -69,23 +67,20 @@ func ScanProcCgroups() (map[int][]string, error) {
 func BenchmarkResolve500Pods(b *testing.B) {
 	harness.Require(b, kubeErr)
 	const n = 500
-	root := "/sys/fs/cgroup/unified"
-	if _, err := os.Stat(root + "/cgroup.procs"); err != nil {
-		root = "/sys/fs/cgroup"
-	}
+	root, err := harness.CgroupV2Root()
+	harness.Require(b, err)
 	c := kube.Clientset
 	ns := fmt.Sprintf("bench-%d", time.Now().UnixNano()%100000)
 	ctx := context.Background()
-	if _, err := c.CoreV1().Namespaces().Create(ctx, nsObj(ns), metav1.CreateOptions{}); err != nil {
+	if err := kube.Namespace(ctx, ns); err != nil {
 		b.Fatal(err)
 	}
-	base := "fleetprof-bench-" + ns
+	base := "/fleetprof-bench-" + ns
 	var pids []int
 	for i := range n {
 		id := fmt.Sprintf("%064x", i+1)
-		p := createPodB(b, ns, fmt.Sprintf("p-%03d", i), "node-a", map[string]string{"app": "bench"}, "containerd://"+id)
-		rel := base + "/kubepods.slice/kubepods-pod" + strings.ReplaceAll(string(p.UID), "-", "_") + ".slice/cri-containerd-" + id + ".scope"
-		pids = append(pids, startContainerB(b, root, rel))
+		p := createPod(b, ns, fmt.Sprintf("p-%03d", i), "node-a", map[string]string{"app": "bench"}, "containerd://"+id)
+		pids = append(pids, harness.StartInCgroup(b, base, harness.ContainerdCgroup(string(p.UID), id), "sleep", "1000"))
 	}
 	fs := &discovery.CgroupFS{Root: root, Version: 2}
 

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,7 +15,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/fleetprof/fleetprof/agent/discovery"
 	"github.com/fleetprof/fleetprof/test/harness"
@@ -39,20 +36,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// v2Root is the cgroup v2 hierarchy (hybrid hosts mount it under unified).
-func v2Root(t *testing.T) string {
-	for _, r := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(b), " "+r+" ") && strings.Contains(string(b), "cgroup2") {
-			if _, err := os.Stat(filepath.Join(r, "cgroup.procs")); err == nil {
-				return r
-			}
-		}
-	}
-	harness.Require(t, fmt.Errorf("no cgroup v2 hierarchy: %w", harness.ErrUnavailable))
-	return ""
-}
-
-func randomID(t *testing.T) string {
+func randomID(t testing.TB) string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
@@ -64,72 +48,21 @@ type container struct {
 	pid    int
 }
 
-// startContainer makes the cgroup dir under root and moves a new sleep
-// process into it; cleanup kills it and removes the dirs it made.
-func startContainer(t testing.TB, root, rel string) *container {
+func startContainer(t testing.TB, prefix, rel string) *container {
 	t.Helper()
-	dir := filepath.Join(root, rel)
-	// Remember which dirs to remove, deepest first.
-	var made []string
-	for p := dir; p != root; p = filepath.Dir(p) {
-		if _, err := os.Stat(p); os.IsNotExist(err) {
-			made = append(made, p)
-		}
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		harness.Require(t, fmt.Errorf("make cgroup %s: %w: %w", dir, harness.ErrUnavailable, err))
-	}
-	cmd := exec.Command("sleep", "1000")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		for _, d := range made {
-			for i := 0; i < 50; i++ {
-				if err := os.Remove(d); err == nil || os.IsNotExist(err) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-	})
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
-		t.Fatalf("move pid into %s: %v", dir, err)
-	}
-	return &container{cgroup: "/" + filepath.ToSlash(rel), pid: cmd.Process.Pid}
+	return &container{cgroup: prefix + rel, pid: harness.StartInCgroup(t, prefix, rel, "sleep", "1000")}
 }
 
-func createPod(t testing.TB, c kubernetes.Interface, ns, name, node string, lbl map[string]string, containerID string) *corev1.Pod {
+func createPod(t testing.TB, ns, name, node string, lbl map[string]string, containerID string) *corev1.Pod {
 	t.Helper()
-	ctx := t.Context()
-	p, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+	p, err := kube.RunningPod(t.Context(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: lbl},
 		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "main", Image: "example/app:1"}}},
-	}, metav1.CreateOptions{})
+	}, map[string]string{"main": containerID})
 	if err != nil {
-		t.Fatalf("create pod %s/%s: %v", ns, name, err)
-	}
-	p.Status = corev1.PodStatus{
-		Phase: corev1.PodRunning,
-		ContainerStatuses: []corev1.ContainerStatus{{
-			Name: "main", ContainerID: containerID, Image: "example/app:1", Ready: true,
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
-		}},
-	}
-	p, err = c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatalf("update status of pod %s/%s: %v", ns, name, err)
+		t.Fatal(err)
 	}
 	return p
-}
-
-func createNamespace(t *testing.T, c kubernetes.Interface, ns string) {
-	t.Helper()
-	if _, err := c.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create namespace %s: %v", ns, err)
-	}
 }
 
 // watcher runs a Discoverer and feeds an Index.
@@ -184,28 +117,32 @@ func mustSelect(t *testing.T, s discovery.Selector) *discovery.Selection {
 
 func TestDiscoverPodsOnNode(t *testing.T) {
 	harness.Require(t, kubeErr)
-	root := v2Root(t)
+	root, err := harness.CgroupV2Root()
+	harness.Require(t, err)
 	c := kube.Clientset
 	suffix := strings.ToLower(randomID(t)[:6])
 	shop, other := "shop-"+suffix, "other-"+suffix
-	createNamespace(t, c, shop)
-	createNamespace(t, c, other)
-	base := "fleetprof-test-" + suffix
+	for _, ns := range []string{shop, other} {
+		if err := kube.Namespace(t.Context(), ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := "/fleetprof-test-" + suffix
 
 	// Pods on this node, one per runtime path form, and one on another node.
 	idA, idB, idC, idD := randomID(t), randomID(t), randomID(t), randomID(t)
-	pA := createPod(t, c, shop, "api-1", "node-a", map[string]string{"app": "api", "tier": "web", "app.kubernetes.io/part-of": "shop"}, "containerd://"+idA)
-	pB := createPod(t, c, shop, "db-1", "node-a", map[string]string{"app": "db", "tier": "db"}, "cri-o://"+idB)
-	pC := createPod(t, c, other, "api-2", "node-a", map[string]string{"app": "api"}, "docker://"+idC)
-	pD := createPod(t, c, shop, "api-remote", "node-b", map[string]string{"app": "api"}, "containerd://"+idD)
+	pA := createPod(t, shop, "api-1", "node-a", map[string]string{"app": "api", "tier": "web", "app.kubernetes.io/part-of": "shop"}, "containerd://"+idA)
+	pB := createPod(t, shop, "db-1", "node-a", map[string]string{"app": "db", "tier": "db"}, "cri-o://"+idB)
+	pC := createPod(t, other, "api-2", "node-a", map[string]string{"app": "api"}, "docker://"+idC)
+	pD := createPod(t, shop, "api-remote", "node-b", map[string]string{"app": "api"}, "containerd://"+idD)
 	uidSlice := func(p *corev1.Pod) string { return strings.ReplaceAll(string(p.UID), "-", "_") }
 
 	// containerd and CRI-O under the systemd driver (v2), Docker under the
 	// cgroupfs driver.
-	cA := startContainer(t, root, base+"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+uidSlice(pA)+".slice/cri-containerd-"+idA+".scope")
-	cB := startContainer(t, root, base+"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"+uidSlice(pB)+".slice/crio-"+idB+".scope")
-	cC := startContainer(t, root, base+"/kubepods/burstable/pod"+string(pC.UID)+"/"+idC)
-	cD := startContainer(t, root, base+"/kubepods.slice/kubepods-pod"+uidSlice(pD)+".slice/cri-containerd-"+idD+".scope")
+	cA := startContainer(t, base, "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+uidSlice(pA)+".slice/cri-containerd-"+idA+".scope")
+	cB := startContainer(t, base, "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"+uidSlice(pB)+".slice/crio-"+idB+".scope")
+	cC := startContainer(t, base, "/kubepods/burstable/pod"+string(pC.UID)+"/"+idC)
+	cD := startContainer(t, base, "/kubepods.slice/kubepods-pod"+uidSlice(pD)+".slice/cri-containerd-"+idD+".scope")
 
 	fs := &discovery.CgroupFS{Root: root, Version: 2}
 	d, err := New(Options{Client: c, Node: "node-a", Cgroups: fs, Resync: time.Second, Debounce: 20 * time.Millisecond})
@@ -302,8 +239,8 @@ func TestDiscoverPodsOnNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	idE := randomID(t)
-	pE := createPod(t, c, shop, "api-3", "node-a", map[string]string{"app": "api"}, "containerd://"+idE)
-	cE := startContainer(t, root, base+"/kubepods.slice/kubepods-pod"+uidSlice(pE)+".slice/cri-containerd-"+idE+".scope")
+	pE := createPod(t, shop, "api-3", "node-a", map[string]string{"app": "api"}, "containerd://"+idE)
+	cE := startContainer(t, base, "/kubepods.slice/kubepods-pod"+uidSlice(pE)+".slice/cri-containerd-"+idE+".scope")
 	w.waitFor(t, "api-1 gone and api-3 there", func(ts []discovery.Target) bool {
 		if !hasNames(shop+"/api-3/main", shop+"/db-1/main", other+"/api-2/main")(ts) {
 			return false
@@ -340,13 +277,3 @@ func TestContainerID(t *testing.T) {
 		}
 	}
 }
-
-func nsObj(ns string) *corev1.Namespace {
-	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
-}
-
-func createPodB(b *testing.B, ns, name, node string, lbl map[string]string, id string) *corev1.Pod {
-	return createPod(b, kube.Clientset, ns, name, node, lbl, id)
-}
-
-func startContainerB(b *testing.B, root, rel string) int { return startContainer(b, root, rel).pid }
