@@ -13,7 +13,7 @@ func TestSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := s.Exec(t.Context(), "systemctl", "show", "-P", "ControlGroup", "fleetprof-harness.service")
-	if err != nil || strings.TrimSpace(out) != "/system.slice/fleetprof-harness.service" {
+	if err != nil || strings.TrimSpace(out) != s.Cgroup+"/system.slice/fleetprof-harness.service" {
 		t.Fatalf("ControlGroup = %q, %v", out, err)
 	}
 	pid, err := s.MainPID(t.Context(), "fleetprof-harness.service")

@@ -2,6 +2,8 @@ package harness
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -25,6 +27,9 @@ type Systemd struct {
 	PID int
 	// Address is the D-Bus address of its system bus.
 	Address string
+	// Cgroup is systemd's root cgroup ("/fleetprof-systemd-<hex>"): a unit's
+	// ControlGroup is below it, e.g. Cgroup+"/system.slice/x.service".
+	Cgroup string
 
 	cmd     *exec.Cmd
 	before  map[string]bool // top-level cgroups that existed before it started
@@ -60,10 +65,22 @@ func NewSystemd(ctx context.Context) (*Systemd, error) {
 		}
 	}
 	s := &Systemd{before: topCgroups()}
+	// Its own cgroup in every hierarchy it writes to, so that several test
+	// systemds (one per test package, run in parallel) keep apart.
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	s.Cgroup = "/fleetprof-systemd-" + hex.EncodeToString(rnd[:])
+	moveIn := ""
+	for _, root := range hierarchyRoots() {
+		if err := os.Mkdir(filepath.Join(root, s.Cgroup), 0o755); err != nil {
+			return nil, fmt.Errorf("make cgroup for systemd: %w: %w", ErrUnavailable, err)
+		}
+		moveIn += "echo $$ > " + filepath.Join(root, s.Cgroup, "cgroup.procs") + " && "
+	}
 	// The tmpfs mounts come first: systemd's boot-time clean-up would
 	// otherwise empty the host's /tmp.
 	s.cmd = exec.Command("unshare", "--fork", "--pid", "--mount", "--mount-proc", "--propagation", "private",
-		"sh", "-c", "mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/tmp && exec /lib/systemd/systemd --system --unit=basic.target")
+		"sh", "-c", moveIn+"mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/tmp && exec /lib/systemd/systemd --system --unit=basic.target")
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start unshare: %w", err)

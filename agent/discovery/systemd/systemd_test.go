@@ -111,7 +111,7 @@ func TestUnitsFollowed(t *testing.T) {
 	_, w := start(t, Options{Units: []string{"fp-web-*.service"}, Resync: time.Hour})
 	w.waitFor(t, 10*time.Second, "fp-web-1.service", "fp-web-2.service")
 	for _, tg := range w.last {
-		if want := "/system.slice/" + tg.Labels[discovery.LabelSystemdUnit]; !slices.Equal(tg.Cgroups, []string{want}) {
+		if want := sd.Cgroup + "/system.slice/" + tg.Labels[discovery.LabelSystemdUnit]; !slices.Equal(tg.Cgroups, []string{want}) {
 			t.Errorf("cgroups of %s = %v, want [%s]", tg.Labels[discovery.LabelSystemdUnit], tg.Cgroups, want)
 		}
 	}
@@ -176,7 +176,7 @@ func TestDockerScope(t *testing.T) {
 	}
 	_, w := start(t, Options{Units: sel.Units()})
 	w.waitFor(t, 10*time.Second, unit)
-	if got, want := w.last[0].Cgroups, []string{"/system.slice/" + unit}; !slices.Equal(got, want) {
+	if got, want := w.last[0].Cgroups, []string{sd.Cgroup + "/system.slice/" + unit}; !slices.Equal(got, want) {
 		t.Errorf("cgroups = %v, want %v", got, want)
 	}
 	l, ok := w.ix.Lookup(uint32(pid))
