@@ -80,6 +80,9 @@ type Options struct {
 // Discoverer sends one target per running container of the pods on the node.
 type Discoverer struct {
 	opts Options
+	// paths is the last cgroup search: container id → cgroup paths. Only
+	// Run's goroutine uses it.
+	paths map[string][]string
 }
 
 // New checks opts and returns a Discoverer.
@@ -155,12 +158,14 @@ func (d *Discoverer) Run(ctx context.Context, up chan<- []discovery.Target) erro
 
 	tick := time.NewTicker(d.opts.Resync)
 	defer tick.Stop()
+	rescan := true
 	for {
 		pods, err := lister.List(labels.Everything())
 		if err != nil {
 			return fmt.Errorf("list pods from cache: %w", err)
 		}
-		targets := d.targets(pods)
+		targets := d.targets(pods, rescan)
+		rescan = false
 		select {
 		case up <- targets:
 		case <-ctx.Done():
@@ -170,6 +175,7 @@ func (d *Discoverer) Run(ctx context.Context, up chan<- []discovery.Target) erro
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			rescan = true
 		case <-changed:
 			// Gather a burst of events into one update.
 			select {
@@ -182,12 +188,28 @@ func (d *Discoverer) Run(ctx context.Context, up chan<- []discovery.Target) erro
 }
 
 // targets builds one target per running container, ordered by namespace,
-// pod and container.
-func (d *Discoverer) targets(pods []*corev1.Pod) []discovery.Target {
-	paths, err := d.opts.Cgroups.Containers()
-	if err != nil {
-		d.opts.Logger.Warn("search container cgroups", zap.Error(err))
+// pod and container. The cgroup hierarchy is searched again when rescan is
+// set or a container's cgroup is not known yet.
+func (d *Discoverer) targets(pods []*corev1.Pod, rescan bool) []discovery.Target {
+	if !rescan && d.paths != nil {
+	search:
+		for _, p := range pods {
+			for _, cs := range p.Status.ContainerStatuses {
+				if id, ok := ContainerID(cs.ContainerID); ok && cs.State.Terminated == nil && len(d.paths[id]) == 0 {
+					rescan = true
+					break search
+				}
+			}
+		}
 	}
+	if rescan || d.paths == nil {
+		paths, err := d.opts.Cgroups.Containers()
+		if err != nil {
+			d.opts.Logger.Warn("search container cgroups", zap.Error(err))
+		}
+		d.paths = paths
+	}
+	paths := d.paths
 	sort.Slice(pods, func(i, j int) bool {
 		if pods[i].Namespace != pods[j].Namespace {
 			return pods[i].Namespace < pods[j].Namespace

@@ -26,7 +26,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute) // may build kube-apiserver
 	kube, kubeErr = harness.NewKube(ctx)
 	cancel()
 	code := m.Run()
