@@ -445,3 +445,34 @@ func TestFleetWideRoutes(t *testing.T) {
 		t.Errorf("org admin rotating the signing key: %d, want 403", code)
 	}
 }
+
+// TestCheckConfig: validation errors come back one per field with their
+// YAML paths, for the editor to show at the field.
+func TestCheckConfig(t *testing.T) {
+	got := console.CheckConfig("sampling:\n  frequency_hz: 100000\n  duration: 10s\n")
+	if got.Valid || len(got.Errors) != 1 || got.Errors[0].Path != "sampling.frequency_hz" {
+		t.Errorf("bad frequency: %+v", got)
+	}
+	got = console.CheckConfig("sampling: [\n")
+	if got.Valid || len(got.Errors) != 1 || got.Errors[0].Path != "" {
+		t.Errorf("syntax error: %+v", got)
+	}
+	got = console.CheckConfig("sampling:\n  frequency_hz: 29\n")
+	if !got.Valid || got.Hash == "" || !strings.Contains(got.Canonical, "frequency_hz: 29") {
+		t.Errorf("valid config: %+v", got)
+	}
+	e := newEnv(t)
+	var p struct{ ID string }
+	e.mustCall(e.admin, "POST", "/api/v1/projects", map[string]string{"name": "p"}, &p)
+	if err := e.st.UpsertAgent(t.Context(), &store.Agent{ID: "a", ProjectID: p.ID, Labels: map[string]string{"cluster": "east"}}); err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Valid    bool
+		Matching int
+	}
+	e.mustCall(e.admin, "POST", "/api/v1/projects/"+p.ID+"/configs/validate", map[string]string{"yaml": "", "selector": "cluster=east"}, &res)
+	if !res.Valid || res.Matching != 1 {
+		t.Errorf("validate with selector: %+v", res)
+	}
+}

@@ -34,7 +34,7 @@ func (a *API) AddEventSource(topic string, f EventSource) {
 func (a *API) eventSources() map[string]EventSource {
 	a.sourcesMu.RLock()
 	defer a.sourcesMu.RUnlock()
-	out := map[string]EventSource{"agents": a.agentSummary}
+	out := map[string]EventSource{"agents": a.agentSummary, "rollouts": a.rolloutSummaries}
 	for k, v := range a.sources {
 		out[k] = v
 	}

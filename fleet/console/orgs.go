@@ -25,6 +25,7 @@ func (a *API) registerConsole(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /api/v1/users/{user}", a.wrap(manage, a.deleteUser))
 	mux.HandleFunc("PUT /api/v1/projects/{project}/org", a.wrap(manage, a.moveProject))
 	mux.HandleFunc("GET /api/v1/projects/{project}/events", a.stream(read, a.events))
+	mux.HandleFunc("POST /api/v1/projects/{project}/configs/validate", a.wrap(read, a.checkConfig))
 }
 
 func (a *API) needUsers() (store.Users, error) {

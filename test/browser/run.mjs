@@ -248,6 +248,35 @@ async function main() {
       await shot(page, 'agent');
     });
 
+    await step('configs: field errors, live selector count; start a rollout and watch it progress', async () => {
+      await page.goto(`${URL_}/#/p/${projectId}/rollouts`);
+      const notServed = page.getByText('Rollouts are not served by this fleet');
+      await Promise.race([page.locator('#cfg-yaml').waitFor(), notServed.waitFor()]);
+      if (await notServed.count()) { log('  rollouts are not served by this fleet yet: skipped'); return; }
+      await page.getByText('No rollouts yet').waitFor();
+      await page.fill('#cfg-yaml', 'sampling:\n  frequency_hz: 100000\n  duration: 10s\n');
+      const err = page.locator('#cfg-errors li[data-path="sampling.frequency_hz"]');
+      await err.waitFor();
+      assert((await err.textContent()).startsWith('line 2: '), 'error names the line: ' + await err.textContent());
+      assert(await page.getAttribute('#cfg-yaml', 'aria-invalid') === 'true', 'editor marked invalid');
+      assert(await page.getByRole('button', { name: 'Start rollout' }).isDisabled(), 'cannot start an invalid config');
+      await page.fill('#cfg-yaml', 'sampling:\n  frequency_hz: 29\n  duration: 10s\nexternal_labels:\n  env: browser-test\n');
+      await page.fill('#cfg-selector', 'cluster=nowhere');
+      await page.getByText('matches 0 agents now').waitFor();
+      await page.fill('#cfg-selector', 'cluster=east');
+      await page.getByText('matches 1 agent now').waitFor();
+      await page.fill('#cfg-canary', '1');
+      await page.fill('#cfg-wave', '100');
+      await shot(page, 'rollouts');
+      await page.getByRole('button', { name: 'Start rollout' }).click();
+      await page.getByRole('heading', { name: /Rollout of config v1/ }).waitFor();
+      await page.locator('#rollout-stages tr[data-stage="0"]').waitFor();
+      // Progress arrives live from the event stream: the canary applies and the rollout completes.
+      await page.locator('#rollout-stages tr[data-stage="0"] td.applied-count', { hasText: '1' }).waitFor({ timeout: 40000 });
+      await page.locator('#rollout-status .badge.completed').waitFor({ timeout: 30000 });
+      await shot(page, 'rollout');
+    });
+
     await step('profiles: a flame graph of real samples with the workload function', async () => {
       await page.goto(`${URL_}/#/p/${projectId}/profiles`);
       const deadline = Date.now() + Number(env.PROFILE_WAIT_MS || 40000);

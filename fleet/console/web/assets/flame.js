@@ -14,6 +14,11 @@ function hue(name) {
   return `hsl(${14 + (r % 36)}, ${72 + (r % 18)}%, ${62 + (r % 14)}%)`;
 }
 
+function fmtValue(v, unit) {
+  if (unit === 'nanoseconds') return (v / 1e9).toFixed(v < 1e9 ? 3 : 1) + ' s';
+  return v.toLocaleString() + ' ' + unit;
+}
+
 function annotate(node, parent, depth) {
   node.parent = parent;
   node.depth = depth;
@@ -91,7 +96,7 @@ export function flameGraph(root, { unit = 'samples', onZoom } = {}) {
     if (!el) { tip.hidden = true; return; }
     const n = el.frame;
     tip.replaceChildren(h('strong', {}, n.name), h('br'),
-      `${share(n).toFixed(2)}% of total · ${n.value.toLocaleString()} ${unit}` + (n.self ? ` · self ${n.self.toLocaleString()}` : ''));
+      `${share(n).toFixed(2)}% of total · ${fmtValue(n.value, unit)}` + (n.self ? ` · self ${fmtValue(n.self, unit)}` : ''));
     tip.hidden = false;
     tip.style.left = Math.min(e.clientX + 14, innerWidth - 340) + 'px';
     tip.style.top = e.clientY + 16 + 'px';

@@ -75,10 +75,11 @@ export async function profilesPage({ project: pid }) {
         out.replaceChildren(h('div', { class: 'panel empty' }, h('strong', {}, 'No samples in this range'), 'Widen the time range or loosen the matchers.'));
         return;
       }
-      fg = flameGraph(root);
+      const unit = (typeSel.value.split(':')[2]) || 'samples';
+      fg = flameGraph(root, { unit });
       out.replaceChildren(
         h('section', { class: 'panel', 'aria-labelledby': 'spark-h' }, h('h2', { id: 'spark-h' }, 'Total over time'),
-          sparkline(pts, `Totals of ${series.length} series over the range`), h('div', { class: 'small muted' }, `${series.length} series · ${fmtNum(root.value)} samples merged`)),
+          sparkline(pts, `Totals of ${series.length} series over the range`), h('div', { class: 'small muted' }, `${series.length} series · ${unit === 'nanoseconds' ? (root.value / 1e9).toFixed(1) + ' s of CPU' : fmtNum(root.value) + ' ' + unit} merged`)),
         h('section', { class: 'panel', 'aria-labelledby': 'flame-h' },
           h('div', { class: 'page-head' }, h('h2', { id: 'flame-h' }, 'Flame graph'),
             h('div', { class: 'row' }, field('Search', search, null, 'prof-search'), searchInfo,
