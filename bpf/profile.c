@@ -15,10 +15,8 @@
  * so the new image is announced again. */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
-#include "bpf_core_read.h"
 
 #define MAX_STACK_DEPTH 127
-#define PF_KTHREAD 0x00200000
 #define E2BIG 7
 #define EFAULT 14
 #define EEXIST 17
@@ -26,7 +24,7 @@
 
 /* Counters in the stats map (per CPU, never reset; user space diffs). */
 enum stat {
-	STAT_SAMPLES = 0,        /* samples seen (excluding idle) */
+	STAT_SAMPLES = 0,        /* unused: user space sums the counts */
 	STAT_DROPPED_FULL = 1,   /* sample lost: counts map full */
 	STAT_STACK_COLLIDE = 2,  /* stack lost: hash bucket taken (EEXIST) */
 	STAT_STACK_FULL = 3,     /* stack lost: stack map full (ENOMEM) */
@@ -98,12 +96,14 @@ static __always_inline void note_stack_err(long id)
 		stat_inc(STAT_STACK_FULL);
 }
 
-static __always_inline void count(void *counts, struct stack_key *key)
+/* count adds one to key's count and returns true when the key is new in
+ * this window (the only case where the pid may be new too). */
+static __always_inline bool count(void *counts, struct stack_key *key)
 {
 	__u64 *v = bpf_map_lookup_elem(counts, key);
 	if (v) {
 		__sync_fetch_and_add(v, 1);
-		return;
+		return false;
 	}
 	__u64 one = 1;
 	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
@@ -111,9 +111,12 @@ static __always_inline void count(void *counts, struct stack_key *key)
 		v = bpf_map_lookup_elem(counts, key);
 		if (v)
 			__sync_fetch_and_add(v, 1);
+		return false;
 	} else if (err) {
 		stat_inc(STAT_DROPPED_FULL);
+		return false;
 	}
+	return true;
 }
 
 SEC("perf_event")
@@ -124,42 +127,35 @@ int sample(struct bpf_perf_event_data *ctx)
 	if (pid == 0)
 		return 0; /* idle */
 
-	stat_inc(STAT_SAMPLES);
-
 	struct stack_key key = {};
 	key.pid = pid;
 	key.tid = (__u32)id;
 	bpf_get_current_comm(&key.comm, sizeof(key.comm));
 
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	unsigned int flags = BPF_CORE_READ(task, flags);
-	bool kthread = flags & PF_KTHREAD;
-
 	__u32 zero = 0;
 	__u32 *slot = bpf_map_lookup_elem(&active_slot, &zero);
 	bool one = slot && *slot;
 
-	long kid, uid = -EFAULT;
+	/* Kernel threads have no user stack: that call returns -EFAULT at
+	 * once, cheaper than finding out from task_struct. */
+	long kid, uid;
 	if (one) {
 		kid = bpf_get_stackid(ctx, &stacks1, 0);
-		if (!kthread)
-			uid = bpf_get_stackid(ctx, &stacks1, BPF_F_USER_STACK);
+		uid = bpf_get_stackid(ctx, &stacks1, BPF_F_USER_STACK);
 	} else {
 		kid = bpf_get_stackid(ctx, &stacks0, 0);
-		if (!kthread)
-			uid = bpf_get_stackid(ctx, &stacks0, BPF_F_USER_STACK);
+		uid = bpf_get_stackid(ctx, &stacks0, BPF_F_USER_STACK);
 	}
 	note_stack_err(kid);
 	note_stack_err(uid);
 	key.kernel_stack_id = kid;
 	key.user_stack_id = uid;
 
-	if (one)
-		count(&counts1, &key);
-	else
-		count(&counts0, &key);
+	bool fresh = one ? count(&counts1, &key) : count(&counts0, &key);
 
-	if (!kthread && !bpf_map_lookup_elem(&known_pids, &pid)) {
+	/* A pid is looked up in known_pids only when its key is new in this
+	 * window, not on every sample. */
+	if (fresh && uid >= 0 && !bpf_map_lookup_elem(&known_pids, &pid)) {
 		__u8 seen = 1;
 		bpf_map_update_elem(&known_pids, &pid, &seen, BPF_ANY);
 		if (bpf_ringbuf_output(&new_pids, &pid, sizeof(pid), 0))

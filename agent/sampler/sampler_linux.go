@@ -390,7 +390,11 @@ func (s *Sampler) flush(start, end time.Time, hz int) (*Window, error) {
 			return nil, err
 		}
 	}
-	s.m.samples.Add(float64(delta[statSamples]))
+	var total uint64
+	for _, smp := range w.Samples {
+		total += smp.Count
+	}
+	s.m.samples.Add(float64(total + w.Dropped))
 	s.m.dropped.Add(float64(delta[statDroppedFull]))
 	s.m.lostStacks.WithLabelValues("collision").Add(float64(delta[statStackCollide]))
 	s.m.lostStacks.WithLabelValues("full").Add(float64(delta[statStackFull]))

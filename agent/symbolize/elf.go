@@ -25,7 +25,8 @@ type object struct {
 	syms []elfSym
 	strs []byte // string table of syms
 
-	data []byte
+	data   []byte
+	mapped bool
 }
 
 type elfSym struct {
@@ -38,8 +39,9 @@ type elfSym struct {
 var errNotELF = errors.New("not a 64-bit little-endian ELF file")
 
 // parseObject reads the build id, segments and symbols of an ELF file.
-// data must stay valid and unmodified for the object's lifetime.
-func parseObject(data []byte) (*object, error) {
+// data must stay valid and unmodified for the object's lifetime; mapped
+// says it comes from mapFile, so its pages may be dropped after reading.
+func parseObject(data []byte, mapped bool) (*object, error) {
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("parse elf: %w", err)
@@ -47,13 +49,15 @@ func parseObject(data []byte) (*object, error) {
 	if f.Class != elf.ELFCLASS64 || f.Data != elf.ELFDATA2LSB {
 		return nil, errNotELF
 	}
-	o := &object{data: data, size: len(data)}
+	o := &object{data: data, size: len(data), mapped: mapped}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_LOAD {
 			o.loads = append(o.loads, p.ProgHeader)
 		}
 	}
-	o.buildID = readBuildID(f, data)
+	var goID string
+	o.buildID, goID = readBuildID(f, data)
+	isGo := goID != "" || f.Section(".go.buildid") != nil
 
 	// Go: .gopclntab by name, or by magic when section headers are gone.
 	var textAddr uint64
@@ -63,7 +67,7 @@ func parseObject(data []byte) (*object, error) {
 	if s := f.Section(".gopclntab"); s != nil && s.Type != elf.SHT_NOBITS && s.Offset+s.Size <= uint64(len(data)) {
 		o.setPclntab(data[s.Offset:s.Offset+s.Size], textAddr)
 	}
-	if o.pcln == nil && o.gsym == nil && f.Section(".symtab") == nil {
+	if isGo && o.pcln == nil && o.gsym == nil && f.Section(".symtab") == nil {
 		for _, p := range o.loads {
 			if p.Flags&elf.PF_W != 0 || p.Off+p.Filesz > uint64(len(data)) {
 				continue
@@ -108,8 +112,13 @@ func (o *object) readSymtab(f *elf.File, data []byte, name string) bool {
 	}
 	tab := data[s.Offset : s.Offset+s.Size]
 	const symSize = 24 // Elf64_Sym
-	var syms []elfSym
+	syms := make([]elfSym, 0, len(tab)/symSize)
+	base := int(s.Offset)
 	for off := symSize; off+symSize <= len(tab); off += symSize {
+		if o.mapped && off%(4<<20) == 0 {
+			// Large tables: give back the pages already read.
+			dropPages(data, base+off-(4<<20), base+off)
+		}
 		e := tab[off : off+symSize]
 		info := e[4]
 		shndx := binary.LittleEndian.Uint16(e[6:])
@@ -135,7 +144,7 @@ func (o *object) readSymtab(f *elf.File, data []byte, name string) bool {
 		// Prefer the sized symbol among aliases.
 		return int(b.size>>63) - int(a.size>>63)
 	})
-	o.syms = slices.Clip(syms)
+	o.syms = slices.Clone(syms) // drop the unused capacity
 	o.strs = data[str.Offset : str.Offset+str.Size]
 	return true
 }
@@ -195,10 +204,11 @@ func cstring(b []byte, off uint32) string {
 	return string(b)
 }
 
-// readBuildID returns the GNU build id in hex, else the Go build id.
-func readBuildID(f *elf.File, data []byte) string {
-	var goID string
-	scan := func(notes []byte) string {
+// readBuildID returns the build id to report (the GNU one in hex, else the
+// Go one) and the Go build id ("" for non-Go files).
+func readBuildID(f *elf.File, data []byte) (id, goID string) {
+	var gnu string
+	scan := func(notes []byte) {
 		for len(notes) >= 12 {
 			namesz := binary.LittleEndian.Uint32(notes[0:])
 			descsz := binary.LittleEndian.Uint32(notes[4:])
@@ -206,35 +216,35 @@ func readBuildID(f *elf.File, data []byte) string {
 			nameEnd := 12 + align4(uint64(namesz))
 			descEnd := nameEnd + align4(uint64(descsz))
 			if descEnd > uint64(len(notes)) || namesz == 0 {
-				return ""
+				return
 			}
 			name := string(bytes.TrimRight(notes[12:12+namesz], "\x00"))
 			desc := notes[nameEnd : nameEnd+uint64(descsz)]
 			switch {
-			case name == "GNU" && typ == 3:
-				return hex.EncodeToString(desc)
+			case name == "GNU" && typ == 3 && gnu == "":
+				gnu = hex.EncodeToString(desc)
 			case name == "Go" && typ == 4 && goID == "":
 				goID = string(desc)
 			}
 			notes = notes[descEnd:]
 		}
-		return ""
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_NOTE && p.Off+p.Filesz <= uint64(len(data)) {
-			if id := scan(data[p.Off : p.Off+p.Filesz]); id != "" {
-				return id
+			scan(data[p.Off : p.Off+p.Filesz])
+		}
+	}
+	if gnu == "" || goID == "" {
+		for _, s := range f.Sections {
+			if s.Type == elf.SHT_NOTE && s.Offset+s.Size <= uint64(len(data)) {
+				scan(data[s.Offset : s.Offset+s.Size])
 			}
 		}
 	}
-	for _, s := range f.Sections {
-		if s.Type == elf.SHT_NOTE && s.Offset+s.Size <= uint64(len(data)) {
-			if id := scan(data[s.Offset : s.Offset+s.Size]); id != "" {
-				return id
-			}
-		}
+	if gnu != "" {
+		return gnu, goID
 	}
-	return goID
+	return goID, goID
 }
 
 func align4(n uint64) uint64 { return (n + 3) &^ 3 }

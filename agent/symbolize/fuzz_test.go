@@ -26,7 +26,7 @@ func FuzzParseMaps(f *testing.F) {
 // readers: binaries come from containers and are not trusted.
 func FuzzParseObject(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		o, err := parseObject(data)
+		o, err := parseObject(data, false)
 		if err != nil {
 			return
 		}

@@ -2,12 +2,35 @@ package symbolize
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
-	"strings"
 )
+
+var errBadHex = errors.New("bad hex address")
+
+func parseHex(b []byte) (uint64, error) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, errBadHex
+	}
+	var v uint64
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, errBadHex
+		}
+		v = v<<4 | uint64(c)
+	}
+	return v, nil
+}
 
 // Kallsyms is a sorted, compact table of kernel text symbols.
 type Kallsyms struct {
@@ -24,72 +47,84 @@ func ParseKallsyms(r io.Reader) (*Kallsyms, error) {
 		addr uint64
 		off  uint32
 	}
-	var syms []sym
-	var names []byte
+	syms := make([]sym, 0, 1<<17)
+	names := make([]byte, 0, 4<<20)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
-		line := sc.Text()
-		addrS, rest, ok := strings.Cut(line, " ")
-		if !ok {
+		// "addr type name[\tmodule]", parsed without allocating.
+		line := sc.Bytes()
+		sp := bytes.IndexByte(line, ' ')
+		if sp < 0 || len(line) < sp+4 || line[sp+2] != ' ' {
 			continue
 		}
-		typ, name, ok := strings.Cut(rest, " ")
-		if !ok || len(typ) != 1 {
-			continue
-		}
-		switch typ[0] {
+		switch line[sp+1] {
 		case 't', 'T', 'w', 'W':
 		default:
 			continue
 		}
-		addr, err := strconv.ParseUint(addrS, 16, 64)
+		addr, err := parseHex(line[:sp])
 		if err != nil {
-			return nil, fmt.Errorf("kallsyms line %q: bad address", line)
+			return nil, fmt.Errorf("kallsyms line %q: %w", line, err)
 		}
 		if addr == 0 {
 			continue
 		}
-		// "name\t[module]": keep the name and the module in brackets.
-		name = strings.Replace(name, "\t", " ", 1)
+		name := line[sp+3:]
 		syms = append(syms, sym{addr: addr, off: uint32(len(names))})
-		names = append(names, name...)
+		if tab := bytes.IndexByte(name, '\t'); tab >= 0 {
+			// Keep the module in brackets: "name [module]".
+			names = append(names, name[:tab]...)
+			names = append(names, ' ')
+			names = append(names, name[tab+1:]...)
+		} else {
+			names = append(names, name...)
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read kallsyms: %w", err)
 	}
-	end := uint32(len(names))
-	// Remember each name's end before sorting reorders the offsets.
-	type entry struct {
-		addr       uint64
-		start, end uint32
+	k := &Kallsyms{addrs: make([]uint64, len(syms)), offs: make([]uint32, len(syms)+1)}
+	sorted := true
+	for i, sy := range syms {
+		k.addrs[i] = sy.addr
+		k.offs[i] = sy.off
+		sorted = sorted && (i == 0 || syms[i-1].addr <= sy.addr)
 	}
-	es := make([]entry, len(syms))
-	for i, s := range syms {
-		e := end
-		if i+1 < len(syms) {
-			e = syms[i+1].off
-		}
-		es[i] = entry{s.addr, s.off, e}
+	k.offs[len(syms)] = uint32(len(names))
+	k.names = slices.Clone(names)
+	if !sorted {
+		k.sort()
 	}
-	slices.SortStableFunc(es, func(a, b entry) int {
+	return k, nil
+}
+
+// sort orders the table by address, keeping the file order of symbols
+// that share an address.
+func (k *Kallsyms) sort() {
+	idx := make([]int32, len(k.addrs))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortStableFunc(idx, func(a, b int32) int {
 		switch {
-		case a.addr < b.addr:
+		case k.addrs[a] < k.addrs[b]:
 			return -1
-		case a.addr > b.addr:
+		case k.addrs[a] > k.addrs[b]:
 			return 1
 		}
 		return 0
 	})
-	k := &Kallsyms{addrs: make([]uint64, len(es)), offs: make([]uint32, len(es)+1)}
-	k.names = make([]byte, 0, len(names))
-	for i, e := range es {
-		k.addrs[i] = e.addr
-		k.offs[i] = uint32(len(k.names))
-		k.names = append(k.names, names[e.start:e.end]...)
+	addrs := make([]uint64, len(idx))
+	offs := make([]uint32, len(idx)+1)
+	names := make([]byte, 0, len(k.names))
+	for i, j := range idx {
+		addrs[i] = k.addrs[j]
+		offs[i] = uint32(len(names))
+		names = append(names, k.names[k.offs[j]:k.offs[j+1]]...)
 	}
-	k.offs[len(es)] = uint32(len(k.names))
-	return k, nil
+	offs[len(idx)] = uint32(len(names))
+	k.addrs, k.offs, k.names = addrs, offs, names
 }
 
 // Len returns the number of symbols.

@@ -39,3 +39,15 @@ func manageObject(o *object) {
 	_ = unix.Madvise(o.data, unix.MADV_DONTNEED)
 	runtime.AddCleanup(o, unmapFile, o.data)
 }
+
+// dropPages removes the whole pages of data[from:to] from the resident set
+// (they fault back in from the page cache if read again). data must start
+// on a page boundary, as mappings from mapFile do.
+func dropPages(data []byte, from, to int) {
+	page := os.Getpagesize()
+	from = (max(from, 0) + page - 1) / page * page
+	to = min(to, len(data)) / page * page
+	if from < to {
+		_ = unix.Madvise(data[from:to], unix.MADV_DONTNEED)
+	}
+}

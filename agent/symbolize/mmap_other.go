@@ -18,3 +18,5 @@ func mapFile(path string) ([]byte, error) {
 func unmapFile([]byte) {}
 
 func manageObject(*object) {}
+
+func dropPages([]byte, int, int) {}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,7 +205,7 @@ func (s *Symbolizer) loadLocked(pid uint32, m *Mapping) (*object, error) {
 			errs = append(errs, err)
 			continue
 		}
-		o, err := parseObject(data)
+		o, err := parseObject(data, true)
 		if err != nil {
 			unmapFile(data)
 			return nil, fmt.Errorf("%s: %w", m.Path, err)
@@ -279,6 +280,10 @@ func (s *Symbolizer) loadKallsymsLocked() {
 	}
 	s.kernel = k
 	s.m.kernelSyms.Set(float64(k.Len()))
+	// Parsing left ~10 MiB of garbage behind; return it to the OS now
+	// rather than carry it as heap headroom (this happens once, or when
+	// kernel modules change).
+	debug.FreeOSMemory()
 }
 
 // EndWindow marks the end of a window: it forgets processes that exited
@@ -300,6 +305,14 @@ func (s *Symbolizer) EndWindow() {
 		s.procs.remove(pid)
 	}
 	s.m.procs.Set(float64(s.procs.len()))
+	// Give back the file pages lookups touched: they stay in the page
+	// cache and fault back in cheaply, but don't count as our memory
+	// between windows.
+	s.objects.each(func(_ string, o *object) {
+		if o != nil && o.mapped {
+			dropPages(o.data, 0, len(o.data))
+		}
+	})
 	if s.kernLoad {
 		if mods, err := os.ReadFile(filepath.Join(s.procfs, "modules")); err == nil && !bytes.Equal(mods, s.modules) {
 			s.kernLoad = false

@@ -119,7 +119,7 @@ func TestParseObject(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			o, err := parseObject(data)
+			o, err := parseObject(data, false)
 			if err != nil {
 				t.Fatalf("parseObject: %v", err)
 			}

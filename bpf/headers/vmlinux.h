@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* Minimal hand-written subset of vmlinux.h: only the types profile.c uses.
- * Kernel structs carry preserve_access_index so their field offsets are
- * relocated at load time against the running kernel's BTF (CO-RE). */
+ * profile.c reads no kernel struct, so it needs no CO-RE relocation and
+ * loads on kernels without BTF too. A struct added here for a field read
+ * must carry __attribute__((preserve_access_index)) (CO-RE). */
 #ifndef __VMLINUX_MIN_H__
 #define __VMLINUX_MIN_H__
 
@@ -58,10 +59,5 @@ struct bpf_perf_event_data {
 struct bpf_raw_tracepoint_args {
 	__u64 args[0];
 };
-
-/* The only field of task_struct that profile.c reads (CO-RE). */
-struct task_struct {
-	unsigned int flags;
-} __attribute__((preserve_access_index));
 
 #endif /* __VMLINUX_MIN_H__ */
