@@ -10,8 +10,9 @@ import (
 const PrivilegedEnv = "FLEETPROF_REQUIRE_PRIVILEGED"
 
 // RequireBPF skips t when the process cannot load eBPF programs and open
-// perf events (not root, or no BTF). When FLEETPROF_REQUIRE_PRIVILEGED=1
-// the missing capability fails the test instead.
+// perf events (not root, or the kernel has no eBPF). When
+// FLEETPROF_REQUIRE_PRIVILEGED=1 the missing capability fails the test
+// instead.
 func RequireBPF(t testing.TB) {
 	t.Helper()
 	reason := bpfMissing()
@@ -28,8 +29,8 @@ func bpfMissing() string {
 	if os.Geteuid() != 0 {
 		return "eBPF tests need root (CAP_BPF, CAP_PERFMON)"
 	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		return "kernel has no BTF (/sys/kernel/btf/vmlinux)"
+	if _, err := os.Stat("/proc/sys/kernel/bpf_stats_enabled"); err != nil {
+		return "kernel has no eBPF syscall (CONFIG_BPF_SYSCALL)"
 	}
 	return ""
 }
