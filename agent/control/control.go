@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetprof/fleetprof/internal/describe"
+	"github.com/fleetprof/fleetprof/internal/token"
 )
 
 // Errors.
@@ -231,7 +232,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	for {
 		tok, bootstrap := c.activeToken()
-		if exp := expiry(tok); !bootstrap && !exp.IsZero() && time.Now().After(exp) {
+		if exp := expiry(tok); !bootstrap && !exp.IsZero() && time.Now().After(exp.Add(token.Leeway)) {
 			c.markNeedsEnroll(fmt.Sprintf("credential expired at %s", exp.Format(time.RFC3339)))
 			if c.o.BootstrapToken != "" {
 				continue

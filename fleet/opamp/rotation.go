@@ -130,8 +130,14 @@ func (s *Server) scanExpiring() {
 	now := s.o.Now()
 	s.mu.Lock()
 	var due []string
+	var expired []*conn
 	for id, c := range s.conns {
 		cl := c.claims
+		if cl.ExpiresAt != nil && now.After(cl.ExpiresAt.Time) {
+			// A credential's life ends its connection too.
+			expired = append(expired, c)
+			continue
+		}
 		if c.offered.Load() || cl.ExpiresAt == nil || cl.IssuedAt == nil || cl.Kind() != "agent" {
 			continue
 		}
@@ -143,6 +149,12 @@ func (s *Server) scanExpiring() {
 	s.mu.Unlock()
 	for _, id := range due {
 		s.rq.push(id)
+	}
+	for _, c := range expired {
+		s.log.Info("closing connection: credential expired", zap.String("agent", c.agentID))
+		if c.c != nil {
+			_ = c.c.Disconnect()
+		}
 	}
 }
 

@@ -109,7 +109,13 @@ type Fleet struct {
 // StartFleet starts a fleet on a fresh data dir and waits for /readyz.
 func StartFleet(t testing.TB, extra ...string) *Fleet {
 	t.Helper()
-	f := &Fleet{t: t, DataDir: t.TempDir(), Addr: FreeAddr(t), Extra: extra, log: &syncBuffer{}}
+	return StartFleetEnv(t, nil, extra...)
+}
+
+// StartFleetEnv is StartFleet with extra environment variables (test hooks).
+func StartFleetEnv(t testing.TB, env []string, extra ...string) *Fleet {
+	t.Helper()
+	f := &Fleet{t: t, DataDir: t.TempDir(), Addr: FreeAddr(t), Extra: extra, Env: env, log: &syncBuffer{}}
 	f.URL = "http://" + f.Addr
 	f.Start()
 	t.Cleanup(f.Stop)

@@ -35,6 +35,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.PublicURL, "public-url", "", "URL agents use to reach this fleet (default: from the listen address)")
 	fs.DurationVar(&o.CredentialTTL, "agent-credential-ttl", 24*time.Hour, "lifetime of agent credentials (rotated at 2/3)")
 	fs.IntVar(&o.MaxConnections, "max-agents", 0, "most OpAMP agents held at once (0: 19000)")
+	fs.Float64Var(&o.RotationRate, "rotation-rate", 100, "bulk credential rotation pace, offers per second")
+	fs.DurationVar(&o.ProfileRetention, "profile-retention", 15*24*time.Hour, "how long profiles are kept")
+	fs.Int64Var(&o.ProfileMaxBytes, "profile-max-bytes", 0, "cap on stored profile bytes, oldest dropped first (0: none)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	pos, err := parse(fs, args)
 	if err != nil {
