@@ -12,8 +12,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/fleetprof/fleetprof/agent/discovery"
 	kubedisc "github.com/fleetprof/fleetprof/agent/discovery/kubernetes"
@@ -22,18 +20,18 @@ import (
 	"github.com/fleetprof/fleetprof/agent/sampler"
 	"github.com/fleetprof/fleetprof/agent/upload"
 	"github.com/fleetprof/fleetprof/internal/config"
-	"github.com/fleetprof/fleetprof/internal/relabel"
+	"github.com/fleetprof/fleetprof/internal/describe"
 )
 
 // dataPlane is the sampler → index → builder → uploader pipeline.
 type dataPlane struct {
-	mu      sync.Mutex
-	samp    *sampler.Sampler
-	build   *profile.Builder
-	index   *discovery.Index
-	up      *upload.Uploader
-	systemd *sddisc.Discoverer
-	upTo    [3]string // address, protocol, insecure of the uploader
+	mu    sync.Mutex
+	samp  *sampler.Sampler
+	build *profile.Builder
+	index *discovery.Index
+	disc  *discovery.Manager
+	up    *upload.Uploader
+	upTo  [3]string // address, protocol, insecure of the uploader
 }
 
 // initialConfig is the config the agent starts with: the last good one
@@ -46,7 +44,6 @@ func (a *Agent) flagConfig() *config.Config {
 	if a.o.Duration > 0 {
 		c.Sampling.Duration = config.Duration(a.o.Duration)
 	}
-	c.Targets.Systemd.Units = append([]string(nil), a.o.SystemdUnits...)
 	return c
 }
 
@@ -76,23 +73,10 @@ func (a *Agent) token() string {
 	return a.o.BearerToken
 }
 
-func settingsFor(cfg *config.Config) (discovery.Settings, error) {
-	sel, err := discovery.Selector{
-		Namespaces: cfg.Targets.Kubernetes.Namespaces, PodSelector: cfg.Targets.Kubernetes.PodSelector,
-		Units: cfg.Targets.Systemd.Units, Comm: cfg.Targets.Processes.Comm, Exe: cfg.Targets.Processes.Exe,
-	}.Compile()
-	if err != nil {
-		return discovery.Settings{}, err
-	}
-	s := discovery.Settings{Selection: sel, ExternalLabels: cfg.ExternalLabels}
-	if len(cfg.RelabelConfigs) > 0 {
-		rules, err := relabel.Compile(cfg.RelabelConfigs)
-		if err != nil {
-			return discovery.Settings{}, err
-		}
-		s.Relabel = rules
-	}
-	return s, nil
+// static is the selector the flags give (--systemd-units); it is merged
+// with every config's selectors.
+func (a *Agent) static() discovery.Selector {
+	return discovery.Selector{Units: a.o.SystemdUnits}
 }
 
 // runDataPlane samples, builds and uploads profiles until ctx ends. If
@@ -100,7 +84,7 @@ func settingsFor(cfg *config.Config) (discovery.Settings, error) {
 // /readyz, log) and the agent keeps its control connection.
 func (a *Agent) runDataPlane(ctx context.Context) error {
 	cfg := a.currentConfig()
-	settings, err := settingsFor(cfg)
+	settings, err := discovery.SettingsFromConfig(cfg, a.static())
 	if err != nil {
 		return fmt.Errorf("targets: %w", err)
 	}
@@ -127,56 +111,33 @@ func (a *Agent) runDataPlane(ctx context.Context) error {
 		return fmt.Errorf("profile builder: %w", err)
 	}
 	defer dp.build.Close()
+
+	discs := map[string]discovery.Discoverer{}
+	if a.o.Kubernetes {
+		kd, err := a.kubeDiscoverer()
+		if err != nil {
+			a.log.Warn("Kubernetes discovery is off: " + err.Error())
+		} else {
+			discs[discovery.SourceKubernetes] = kd
+		}
+	}
+	if len(a.o.SystemdUnits) > 0 || len(cfg.Targets.Systemd.Units) > 0 || a.o.Platform == describe.PlatformSystemd {
+		discs[discovery.SourceSystemd] = sddisc.New(sddisc.Options{Units: a.o.SystemdUnits, Node: a.o.Node, Logger: a.log.Named("systemd")})
+	}
+	dp.disc, err = discovery.NewManager(discovery.ManagerOptions{Index: dp.index, Discoverers: discs, Static: a.static(), Logger: a.log.Named("discovery")})
+	if err != nil {
+		return fmt.Errorf("discovery: %w", err)
+	}
+	if err := dp.disc.ApplyConfig(cfg); err != nil {
+		return fmt.Errorf("targets: %w", err)
+	}
 	a.mu.Lock()
 	a.dp = dp
 	a.mu.Unlock()
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return dp.up.Run(ctx) })
-	startDisc := func(name string, d discovery.Discoverer) {
-		ch := make(chan []discovery.Target, 1)
-		g.Go(func() error {
-			for {
-				select {
-				case <-ctx.Done():
-					return nil
-				case ts := <-ch:
-					dp.index.Update(name, ts)
-				}
-			}
-		})
-		g.Go(func() error {
-			if err := d.Run(ctx, ch); err != nil && ctx.Err() == nil {
-				a.log.Warn("discovery stopped", zap.String("source", name), zap.Error(err))
-				a.setError("discovery."+name, err.Error())
-			}
-			return nil
-		})
-	}
-	if a.o.Kubernetes {
-		kd, err := a.kubeDiscoverer()
-		if err != nil {
-			a.log.Warn("Kubernetes discovery is off: "+err.Error(), zap.Error(err))
-		} else {
-			startDisc("kubernetes", kd)
-		}
-	}
-	dp.systemd = sddisc.New(sddisc.Options{Units: cfg.Targets.Systemd.Units, Node: a.o.Node, Logger: a.log.Named("systemd")})
-	if len(cfg.Targets.Systemd.Units) > 0 || a.o.Platform == "systemd" {
-		startDisc("systemd", dp.systemd)
-	}
-	g.Go(func() error {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-t.C:
-				dp.index.Sweep()
-			}
-		}
-	})
+	g.Go(func() error { return dp.disc.Run(ctx) })
 
 	samp, err := sampler.New(sampler.Options{
 		FrequencyHz: cfg.Sampling.FrequencyHz, Window: time.Duration(cfg.Sampling.Duration),
@@ -214,21 +175,15 @@ func (a *Agent) runDataPlane(ctx context.Context) error {
 }
 
 func (a *Agent) kubeDiscoverer() (*kubedisc.Discoverer, error) {
-	var rc *rest.Config
-	var err error
-	if a.o.Kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", a.o.Kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := kubedisc.RESTConfig(a.o.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("not in a cluster and no --kubeconfig: %w", err)
+		return nil, err
 	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return kubedisc.New(kubedisc.Options{Client: cs, Node: a.o.Node, Logger: a.log.Named("kubernetes")})
+	return kubedisc.New(kubedisc.Options{Client: cs, Config: rc, Node: a.o.Node, Logger: a.log.Named("kubernetes")})
 }
 
 func (a *Agent) currentConfig() *config.Config {
@@ -249,8 +204,7 @@ func (a *Agent) applyToDataPlane(cfg *config.Config) error {
 			return errors.New("targets.kubernetes: this agent does not run Kubernetes discovery (start it with --kubernetes)")
 		}
 	}
-	settings, err := settingsFor(cfg)
-	if err != nil {
+	if _, err := discovery.SettingsFromConfig(cfg, a.static()); err != nil {
 		return err
 	}
 	addr, proto, insecure, err := a.uploadTarget(cfg)
@@ -275,10 +229,11 @@ func (a *Agent) applyToDataPlane(cfg *config.Config) error {
 			}
 		}
 		if len(errs) == 0 {
-			dp.index.Apply(settings)
-			if dp.systemd != nil {
-				dp.systemd.SetUnits(cfg.Targets.Systemd.Units)
+			if err := dp.disc.ApplyConfig(cfg); err != nil {
+				errs = append(errs, fmt.Errorf("targets: %w", err))
 			}
+		}
+		if len(errs) == 0 {
 			to := [3]string{addr, proto, fmt.Sprint(insecure)}
 			if to != dp.upTo {
 				if err := dp.up.ApplyConfig(addr, proto, insecure); err != nil {
@@ -293,12 +248,7 @@ func (a *Agent) applyToDataPlane(cfg *config.Config) error {
 			if samp != nil {
 				_ = samp.SetRate(prev.Sampling.FrequencyHz, time.Duration(prev.Sampling.Duration))
 			}
-			if ps, err := settingsFor(prev); err == nil {
-				dp.index.Apply(ps)
-			}
-			if dp.systemd != nil {
-				dp.systemd.SetUnits(prev.Targets.Systemd.Units)
-			}
+			_ = dp.disc.ApplyConfig(prev)
 			return errors.Join(errs...)
 		}
 	}
