@@ -118,6 +118,10 @@ func NewBuilder(opts BuilderOptions) (*Builder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new symbolizer: %w", err)
 	}
+	// Kernel symbols are needed by the first window: load them at start.
+	// Without them (kptr_restrict, no procfs) kernel frames stay unnamed,
+	// which the symbolizer has logged.
+	_ = sym.LoadKernelSymbols()
 	return &Builder{sym: sym, node: opts.Node, log: opts.Logger, m: newBuilderMetrics(opts.Registerer)}, nil
 }
 

@@ -12,7 +12,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -146,8 +145,6 @@ func loadError(err error) error {
 	switch {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		return fmt.Errorf("load eBPF objects: %w: %w; run as root or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels < 5.8)", ErrPermission, err)
-	case errors.Is(err, btf.ErrNotSupported), errors.Is(err, btf.ErrNotFound):
-		return fmt.Errorf("load eBPF objects: %w: %w; the kernel needs BTF (CONFIG_DEBUG_INFO_BTF=y, /sys/kernel/btf/vmlinux)", ErrNotSupported, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("load eBPF objects: %w: %w; needs Linux >= 5.8 with eBPF perf_event programs and ring buffers", ErrNotSupported, err)
 	}

@@ -244,6 +244,18 @@ func (s *Symbolizer) Resolve(p *Process, addr uint64) (*Mapping, string) {
 	return m, m.obj.symbol(v)
 }
 
+// LoadKernelSymbols reads /proc/kallsyms now rather than at the first
+// kernel lookup (about 0.1 s of CPU), and says why kernel frames won't be
+// named if they can't be.
+func (s *Symbolizer) LoadKernelSymbols() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.kernLoad {
+		s.loadKallsymsLocked()
+	}
+	return s.kernErr
+}
+
 // Kernel returns the kernel symbol at addr ("" when unknown).
 func (s *Symbolizer) Kernel(addr uint64) string {
 	s.mu.Lock()
@@ -260,6 +272,7 @@ func (s *Symbolizer) Kernel(addr uint64) string {
 
 func (s *Symbolizer) loadKallsymsLocked() {
 	s.kernLoad = true
+	s.kernErr = nil
 	s.modules, _ = os.ReadFile(filepath.Join(s.procfs, "modules"))
 	f, err := os.Open(filepath.Join(s.procfs, "kallsyms"))
 	if err != nil {
