@@ -176,10 +176,13 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 	t := time.NewTicker(c.o.Tick)
 	defer t.Stop()
 	for {
+		t0 := time.Now()
 		c.Step(ctx)
-		// Reports wake the loop early, but at most every Tick/10, so a
-		// burst of thousands of reports costs a few steps, not thousands.
-		rest := time.NewTimer(c.o.Tick / 10)
+		// Reports wake the loop early, but it rests at least Tick/10 and
+		// twice as long as the step took, so a burst of thousands of
+		// reports costs a few steps (at most a third of a core), not
+		// thousands.
+		rest := time.NewTimer(max(c.o.Tick/10, 2*time.Since(t0)))
 		select {
 		case <-ctx.Done():
 			rest.Stop()
