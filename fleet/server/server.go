@@ -52,7 +52,10 @@ type Options struct {
 	ProfileMaxBytes int64
 	// RotationRate paces bulk credential rotation (offers per second).
 	RotationRate float64
-	Logger       *zap.Logger
+	// AgentBinary is served at /download/fleetprof-agent for install.sh;
+	// "" means fleetprof-agent beside the fleetprof binary.
+	AgentBinary string
+	Logger      *zap.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready func(addr net.Addr)
 }
@@ -142,6 +145,7 @@ func Run(ctx context.Context, o Options) error {
 	api.RegisterUI(mux) // the web console at /
 	api.RegisterRollouts(mux, ro)
 	ing.Register(mux)
+	RegisterInstall(mux, InstallOptions{FleetURL: o.PublicURL, AgentBinary: o.AgentBinary, Logger: log.Named("install")})
 	profiles.NewQueryAPI(ps).Register(mux, func(r *http.Request, projectID string) error {
 		return api.AuthorizeProject(r, projectID)
 	})

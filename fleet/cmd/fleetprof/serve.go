@@ -38,6 +38,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Float64Var(&o.RotationRate, "rotation-rate", 100, "bulk credential rotation pace, offers per second")
 	fs.DurationVar(&o.ProfileRetention, "profile-retention", 15*24*time.Hour, "how long profiles are kept")
 	fs.Int64Var(&o.ProfileMaxBytes, "profile-max-bytes", 0, "cap on stored profile bytes, oldest dropped first (0: none)")
+	fs.StringVar(&o.AgentBinary, "agent-binary", "", "fleetprof-agent served at /download/fleetprof-agent for install.sh (default: beside this binary)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	pos, err := parse(fs, args)
 	if err != nil {
