@@ -41,7 +41,7 @@ type BuilderOptions struct {
 	Registerer prometheus.Registerer
 	// MaxObjects bounds the cached ELF symbol tables; 0 means 256.
 	MaxObjects int
-	// MaxProcesses bounds the cached process mappings; 0 means 16384.
+	// MaxProcesses bounds the cached process mappings; 0 means 4096.
 	MaxProcesses int
 	// ProcFS is where procfs is mounted; "" means /proc.
 	ProcFS string

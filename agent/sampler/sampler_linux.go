@@ -171,7 +171,8 @@ func (s *Sampler) Rate() (hz int, window time.Duration) {
 // SetRate changes the frequency and the window length live. A frequency
 // change ends the window in progress early (Run hands it over with the
 // old frequency), so no sample is lost and each window has one frequency;
-// a window change moves the end of the window in progress.
+// a window change moves the end of the window in progress. While Run
+// runs, SetRate waits for Run to apply it, so don't call it from out.
 func (s *Sampler) SetRate(hz int, window time.Duration) error {
 	if err := checkRate(hz, window); err != nil {
 		return err

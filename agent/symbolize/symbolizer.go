@@ -15,6 +15,10 @@ import (
 	"go.uber.org/zap"
 )
 
+// idleWindows is how many windows a live process's snapshot is kept
+// without samples.
+const idleWindows = 6
+
 // Errors the Symbolizer may wrap.
 var (
 	// ErrNoProcess means the process is gone and was never snapshot.
@@ -31,8 +35,8 @@ type Options struct {
 	// (one per build id, else per device and inode); 0 means 256.
 	MaxObjects int
 	// MaxProcesses bounds the processes whose mappings are kept; 0 means
-	// 16384. Processes that exited are dropped a window after their last
-	// sample.
+	// 4096. Processes that exited are dropped a window after their last
+	// sample, live ones after idleWindows windows without one.
 	MaxProcesses int
 	// ProcFS is where procfs is mounted; "" means /proc.
 	ProcFS string
@@ -80,7 +84,7 @@ func New(opts Options) (*Symbolizer, error) {
 		opts.MaxObjects = 256
 	}
 	if opts.MaxProcesses == 0 {
-		opts.MaxProcesses = 16384
+		opts.MaxProcesses = 4096
 	}
 	if opts.ProcFS == "" {
 		opts.ProcFS = "/proc"
@@ -308,6 +312,10 @@ func (s *Symbolizer) EndWindow() {
 	var dead []uint32
 	s.procs.each(func(pid uint32, p *Process) {
 		if p.seenGen >= s.gen {
+			return
+		}
+		if p.seenGen+idleWindows < s.gen {
+			dead = append(dead, pid) // idle: snapshot again when sampled
 			return
 		}
 		if _, err := os.Stat(filepath.Join(s.procfs, strconv.FormatUint(uint64(pid), 10))); err != nil {
