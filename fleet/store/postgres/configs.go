@@ -1,0 +1,348 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+)
+
+// Config versions, assignments and rollouts (migration 0002): the same
+// SQL as the SQLite store, with placeholders rebound.
+
+const configCols = `id, project_id, version, hash, yaml, created_by, created_at`
+
+func scanConfig(r scanner) (*store.ConfigVersion, error) {
+	c := &store.ConfigVersion{}
+	var created int64
+	if err := r.Scan(&c.ID, &c.ProjectID, &c.Version, &c.Hash, &c.YAML, &c.CreatedBy, &created); err != nil {
+		return nil, err
+	}
+	c.CreatedAt = fromMS(created)
+	return c, nil
+}
+
+func (s *Store) CreateConfigVersion(ctx context.Context, c *store.ConfigVersion) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create config version: %w", err)
+	}
+	defer tx.Rollback()
+	// Replicas may create versions of one project at once: serialize them
+	// so that numbers and the duplicate-hash check stay exact.
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext(?))`, "config_versions/"+c.ProjectID); err != nil {
+		return fmt.Errorf("create config version: %w", err)
+	}
+	var next int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) + 1 FROM config_versions WHERE project_id = ?`, c.ProjectID).Scan(&next); err != nil {
+		return fmt.Errorf("create config version: %w", err)
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO config_versions(`+configCols+`) VALUES (?,?,?,?,?,?,?)`,
+		c.ID, c.ProjectID, next, c.Hash, c.YAML, c.CreatedBy, ms(c.CreatedAt))
+	if isUnique(err) {
+		return fmt.Errorf("create config version %s: %w", c.Hash, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create config version: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("create config version: %w", err)
+	}
+	c.Version = next
+	return nil
+}
+
+func (s *Store) ConfigVersionByID(ctx context.Context, id string) (*store.ConfigVersion, error) {
+	c, err := scanConfig(s.db.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("config version %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get config version: %w", err)
+	}
+	return c, nil
+}
+
+func (s *Store) ConfigVersionByHash(ctx context.Context, projectID, hash string) (*store.ConfigVersion, error) {
+	c, err := scanConfig(s.db.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? AND hash = ?`, projectID, hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("config version with hash %s: %w", hash, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get config version: %w", err)
+	}
+	return c, nil
+}
+
+func (s *Store) ListConfigVersions(ctx context.Context, projectID string) ([]*store.ConfigVersion, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? ORDER BY version DESC`, projectID)
+	if err != nil {
+		return nil, fmt.Errorf("list config versions: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.ConfigVersion
+	for rows.Next() {
+		c, err := scanConfig(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list config versions: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+const assignCols = `agent_id, project_id, config_id, config_hash, rollout_id, updated_at`
+
+func scanAssignment(r scanner) (*store.Assignment, error) {
+	a := &store.Assignment{}
+	var upd int64
+	if err := r.Scan(&a.AgentID, &a.ProjectID, &a.ConfigID, &a.ConfigHash, &a.RolloutID, &upd); err != nil {
+		return nil, err
+	}
+	a.UpdatedAt = fromMS(upd)
+	return a, nil
+}
+
+func (s *Store) AssignmentByAgent(ctx context.Context, agentID string) (*store.Assignment, error) {
+	a, err := scanAssignment(s.db.QueryRowContext(ctx, `SELECT `+assignCols+` FROM config_assignments WHERE agent_id = ?`, agentID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("assignment of agent %q: %w", agentID, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get assignment: %w", err)
+	}
+	return a, nil
+}
+
+func (s *Store) ListAssignments(ctx context.Context, projectID string) ([]*store.Assignment, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+assignCols+` FROM config_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
+	if err != nil {
+		return nil, fmt.Errorf("list assignments: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Assignment
+	for rows.Next() {
+		a, err := scanAssignment(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list assignments: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) SetAssignments(ctx context.Context, as []*store.Assignment) error {
+	return s.inTx(ctx, "set assignments", func(tx rtx) error { return setAssignments(ctx, tx, as) })
+}
+
+func (s *Store) inTx(ctx context.Context, what string, fn func(tx rtx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+func setAssignments(ctx context.Context, tx rtx, as []*store.Assignment) error {
+	if len(as) == 0 {
+		return nil
+	}
+	st, err := tx.PrepareContext(ctx, `INSERT INTO config_assignments(`+assignCols+`) VALUES (?,?,?,?,?,?)
+		ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
+		config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, a := range as {
+		if a.UpdatedAt.IsZero() {
+			a.UpdatedAt = time.Now().UTC()
+		}
+		if _, err := st.ExecContext(ctx, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, ms(a.UpdatedAt)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const rolloutCols = `id, project_id, config_id, config_hash, selector, specificity, canary, wave_percent, wave_count, wave_pause_ms,
+	max_failure_percent, stages, stage, stage_started_at, next_stage_at, status, reason, created_by, created_at, updated_at, row_version`
+
+func scanRollout(r scanner) (*store.Rollout, error) {
+	ro := &store.Rollout{}
+	var pause, created, updated int64
+	var started, next sql.NullInt64
+	if err := r.Scan(&ro.ID, &ro.ProjectID, &ro.ConfigID, &ro.ConfigHash, &ro.Selector, &ro.Specificity, &ro.Canary, &ro.WavePercent,
+		&ro.WaveCount, &pause, &ro.MaxFailurePercent, &ro.Stages, &ro.Stage, &started, &next, &ro.Status, &ro.Reason,
+		&ro.CreatedBy, &created, &updated, &ro.RowVersion); err != nil {
+		return nil, err
+	}
+	ro.WavePause = time.Duration(pause) * time.Millisecond
+	ro.StageStartedAt, ro.NextStageAt = fromNull(started), fromNull(next)
+	ro.CreatedAt, ro.UpdatedAt = fromMS(created), fromMS(updated)
+	return ro, nil
+}
+
+func (s *Store) CreateRollout(ctx context.Context, r *store.Rollout, agents []*store.RolloutAgent) error {
+	now := time.Now().UTC()
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	if r.UpdatedAt.IsZero() {
+		r.UpdatedAt = r.CreatedAt
+	}
+	err := s.inTx(ctx, "create rollout", func(tx rtx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO rollouts(`+rolloutCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			r.ID, r.ProjectID, r.ConfigID, r.ConfigHash, r.Selector, r.Specificity, r.Canary, r.WavePercent, r.WaveCount,
+			r.WavePause.Milliseconds(), r.MaxFailurePercent, r.Stages, r.Stage, msp(r.StageStartedAt), msp(r.NextStageAt),
+			r.Status, r.Reason, r.CreatedBy, ms(r.CreatedAt), ms(r.UpdatedAt), 1)
+		if isUnique(err) {
+			return fmt.Errorf("create rollout %s: %w", r.ID, store.ErrConflict)
+		}
+		if err != nil {
+			return err
+		}
+		return upsertRolloutAgents(ctx, tx, agents)
+	})
+	if err == nil {
+		r.RowVersion = 1
+	}
+	return err
+}
+
+func upsertRolloutAgents(ctx context.Context, tx rtx, agents []*store.RolloutAgent) error {
+	if len(agents) == 0 {
+		return nil
+	}
+	st, err := tx.PrepareContext(ctx, `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
+		VALUES (?,?,?,?,?,?,?) ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
+		previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, a := range agents {
+		if a.UpdatedAt.IsZero() {
+			a.UpdatedAt = time.Now().UTC()
+		}
+		if _, err := st.ExecContext(ctx, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, ms(a.UpdatedAt)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) RolloutByID(ctx context.Context, id string) (*store.Rollout, error) {
+	r, err := scanRollout(s.db.QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get rollout: %w", err)
+	}
+	return r, nil
+}
+
+func (s *Store) ListRollouts(ctx context.Context, f store.RolloutFilter) ([]*store.Rollout, error) {
+	var where []string
+	var args []any
+	if f.ProjectID != "" {
+		where = append(where, `project_id = ?`)
+		args = append(args, f.ProjectID)
+	}
+	if len(f.Statuses) > 0 {
+		where = append(where, `status IN (?`+strings.Repeat(",?", len(f.Statuses)-1)+`)`)
+		for _, st := range f.Statuses {
+			args = append(args, st)
+		}
+	}
+	q := `SELECT ` + rolloutCols + ` FROM rollouts`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id DESC`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list rollouts: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Rollout
+	for rows.Next() {
+		r, err := scanRollout(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list rollouts: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*store.RolloutAgent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, agent_id, stage, previous_config_id, state, error, updated_at
+		FROM rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
+	if err != nil {
+		return nil, fmt.Errorf("list rollout agents: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.RolloutAgent
+	for rows.Next() {
+		a := &store.RolloutAgent{}
+		var upd int64
+		if err := rows.Scan(&a.RolloutID, &a.AgentID, &a.Stage, &a.PreviousConfigID, &a.State, &a.Error, &upd); err != nil {
+			return nil, fmt.Errorf("list rollout agents: %w", err)
+		}
+		a.UpdatedAt = fromMS(upd)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) ApplyRolloutChange(ctx context.Context, ch *store.RolloutChange) error {
+	r := ch.Rollout
+	now := time.Now().UTC()
+	if r != nil && r.UpdatedAt.IsZero() {
+		r.UpdatedAt = now
+	}
+	err := s.inTx(ctx, "apply rollout change", func(tx rtx) error {
+		if r != nil {
+			res, err := tx.ExecContext(ctx, `UPDATE rollouts SET stage = ?, stages = ?, stage_started_at = ?, next_stage_at = ?, status = ?,
+				reason = ?, updated_at = ?, row_version = ? WHERE id = ? AND row_version = ?`,
+				r.Stage, r.Stages, msp(r.StageStartedAt), msp(r.NextStageAt), r.Status, r.Reason, ms(r.UpdatedAt), r.RowVersion+1, r.ID, r.RowVersion)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return fmt.Errorf("update rollout %s at version %d: %w", r.ID, r.RowVersion, store.ErrConflict)
+			}
+		}
+		if err := upsertRolloutAgents(ctx, tx, ch.Agents); err != nil {
+			return err
+		}
+		if err := setAssignments(ctx, tx, ch.Assign); err != nil {
+			return err
+		}
+		for _, id := range ch.Unassign {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM config_assignments WHERE agent_id = ?`, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil && r != nil {
+		r.RowVersion++
+	}
+	return err
+}

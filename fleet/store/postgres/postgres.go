@@ -1,0 +1,551 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the advisory lock key held while migrating, so that
+// replicas starting at once migrate once.
+const migrationLock int64 = 0x666c656574_01 // "fleet" 1
+
+// Options configures Open.
+type Options struct {
+	// MaxConns is the pool size; 0 means 16.
+	MaxConns int
+	// ConnectTimeout bounds dialing one connection; 0 means 5s.
+	ConnectTimeout time.Duration
+}
+
+// Store is a store.Store (and store.Users) on PostgreSQL. Several fleet
+// replicas may share one database. The pool reconnects by itself after a
+// server restart: a request made while the server is down fails, the
+// next one after it is back succeeds.
+type Store struct {
+	db rdb
+}
+
+var (
+	_ store.Store = (*Store)(nil)
+	_ store.Users = (*Store)(nil)
+)
+
+// Open connects to the database at dsn (a postgres:// URL or key=value
+// string) and applies pending migrations. A nil o means defaults.
+func Open(ctx context.Context, dsn string, o *Options) (*Store, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 16
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 5 * time.Second
+	}
+	cfg, err := pgconnConfig(dsn, o.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	db := stdlib.OpenDB(*cfg)
+	db.SetMaxOpenConns(o.MaxConns)
+	db.SetMaxIdleConns(o.MaxConns)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	s := &Store{db: rdb{db}}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the pool for health checks.
+func (s *Store) DB() *sql.DB { return s.db.DB }
+
+func (s *Store) migrate(ctx context.Context) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, migrationLock); err != nil {
+		return fmt.Errorf("lock migrations: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, migrationLock)
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("create migrations table: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("list migrations: %w", err)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		v := strings.TrimSuffix(path.Base(n), ".sql")
+		var one int
+		err := conn.QueryRowContext(ctx, `SELECT 1 FROM schema_migrations WHERE version = $1`, v).Scan(&one)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("check migration %s: %w", v, err)
+		}
+		body, err := migrations.ReadFile(n)
+		if err != nil {
+			return fmt.Errorf("read migration %s: %w", v, err)
+		}
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES ($1, $2)`, v, time.Now().Unix()); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %s: %w", v, err)
+		}
+	}
+	return nil
+}
+
+// Migrations lists the applied migration versions, oldest first.
+func (s *Store) Migrations(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT version FROM schema_migrations ORDER BY version`)
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, fmt.Errorf("list migrations: %w", err)
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// rebind turns the ? placeholders of the shared SQL into $1, $2, …
+// (none of our statements has a literal question mark).
+func rebind(q string) string {
+	if !strings.Contains(q, "?") {
+		return q
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+// rdb and rtx rebind placeholders, so the SQL reads like the SQLite
+// store's.
+type rdb struct{ *sql.DB }
+
+func (d rdb) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return d.DB.ExecContext(ctx, rebind(q), args...)
+}
+
+func (d rdb) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return d.DB.QueryContext(ctx, rebind(q), args...)
+}
+
+func (d rdb) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	return d.DB.QueryRowContext(ctx, rebind(q), args...)
+}
+
+func (d rdb) BeginTx(ctx context.Context, o *sql.TxOptions) (rtx, error) {
+	tx, err := d.DB.BeginTx(ctx, o)
+	return rtx{tx}, err
+}
+
+type rtx struct{ *sql.Tx }
+
+func (t rtx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return t.Tx.ExecContext(ctx, rebind(q), args...)
+}
+
+func (t rtx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.Tx.QueryRowContext(ctx, rebind(q), args...)
+}
+
+func (t rtx) PrepareContext(ctx context.Context, q string) (*sql.Stmt, error) {
+	return t.Tx.PrepareContext(ctx, rebind(q))
+}
+
+func isUnique(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func msp(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+func fromNull(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMS(v.Int64)
+	return &t
+}
+
+type scanner interface{ Scan(...any) error }
+
+// Projects.
+
+func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, ms(p.CreatedAt))
+	if isUnique(err) {
+		return fmt.Errorf("create project %q: %w", p.Name, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create project: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) ProjectByID(ctx context.Context, id string) (*store.Project, error) {
+	p := &store.Project{}
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("project %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get project: %w", err)
+	}
+	p.CreatedAt = fromMS(created)
+	return p, nil
+}
+
+func (s *Store) ListProjects(ctx context.Context) ([]*store.Project, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM projects ORDER BY created_at, name`)
+	if err != nil {
+		return nil, fmt.Errorf("list projects: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Project
+	for rows.Next() {
+		p := &store.Project{}
+		var created int64
+		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
+			return nil, fmt.Errorf("list projects: %w", err)
+		}
+		p.CreatedAt = fromMS(created)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// Tokens.
+
+const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_uses, uses, read_only, created_by, created_at, expires_at, last_used_at, revoked_at`
+
+func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
+	labels, _ := json.Marshal(t.Labels)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
+		t.CreatedBy, ms(t.CreatedAt), msp(t.ExpiresAt), msp(t.LastUsedAt), msp(t.RevokedAt))
+	if isUnique(err) {
+		return fmt.Errorf("create token %q: %w", t.ID, store.ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("create token: %w", err)
+	}
+	return nil
+}
+
+func scanToken(r scanner) (*store.Token, error) {
+	t := &store.Token{}
+	var labels, kind string
+	var created int64
+	var exp, used, revoked sql.NullInt64
+	if err := r.Scan(&t.ID, &t.ProjectID, &t.Name, &kind, &labels, &t.AgentID, &t.KeyID, &t.MaxUses, &t.Uses, &t.ReadOnly,
+		&t.CreatedBy, &created, &exp, &used, &revoked); err != nil {
+		return nil, err
+	}
+	t.Kind = store.TokenKind(kind)
+	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
+		return nil, fmt.Errorf("token %s labels: %w", t.ID, err)
+	}
+	t.CreatedAt = fromMS(created)
+	t.ExpiresAt, t.LastUsedAt, t.RevokedAt = fromNull(exp), fromNull(used), fromNull(revoked)
+	return t, nil
+}
+
+func (s *Store) TokenByID(ctx context.Context, id string) (*store.Token, error) {
+	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("token %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get token: %w", err)
+	}
+	return t, nil
+}
+
+func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.TokenKind) ([]*store.Token, error) {
+	q := `SELECT ` + tokenCols + ` FROM tokens WHERE project_id = ?`
+	args := []any{projectID}
+	if kind != "" {
+		q += ` AND kind = ?`
+		args = append(args, string(kind))
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("revoke token %q: %w", id, store.ErrNotFound)
+	}
+	return nil
+}
+
+func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?`, ms(t))
+	if err != nil {
+		return nil, fmt.Errorf("list revoked: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list revoked: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
+	if err != nil {
+		return fmt.Errorf("use token: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.TokenByID(ctx, id); err != nil {
+			return err
+		}
+		return fmt.Errorf("token %q: %w", id, store.ErrExhausted)
+	}
+	return nil
+}
+
+func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
+		return fmt.Errorf("touch token: %w", err)
+	}
+	return nil
+}
+
+// Agents. The record is stored as a JSON document; project and version
+// are columns for filtering and optimistic concurrency.
+
+func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
+	now := time.Now().UTC()
+	if a.CreatedAt.IsZero() {
+		a.CreatedAt = now
+	}
+	a.UpdatedAt = now
+	prev := a.RowVersion
+	a.RowVersion = prev + 1
+	doc, err := json.Marshal(a)
+	if err != nil {
+		a.RowVersion = prev
+		return fmt.Errorf("encode agent: %w", err)
+	}
+	var res sql.Result
+	if prev == 0 {
+		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		if isUnique(err) {
+			a.RowVersion = prev
+			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
+		}
+	} else {
+		res, err = s.db.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
+	}
+	if err != nil {
+		a.RowVersion = prev
+		return fmt.Errorf("upsert agent: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		a.RowVersion = prev
+		return fmt.Errorf("update agent %s at version %d: %w", a.ID, prev, store.ErrConflict)
+	}
+	return nil
+}
+
+func decodeAgent(doc string, ver int64) (*store.Agent, error) {
+	a := &store.Agent{}
+	if err := json.Unmarshal([]byte(doc), a); err != nil {
+		return nil, fmt.Errorf("decode agent: %w", err)
+	}
+	a.RowVersion = ver
+	return a, nil
+}
+
+func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) {
+	var doc string
+	var ver int64
+	err := s.db.QueryRowContext(ctx, `SELECT doc, row_version FROM agents WHERE id = ?`, id).Scan(&doc, &ver)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("agent %q: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get agent: %w", err)
+	}
+	return decodeAgent(doc, ver)
+}
+
+func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
+	q := `SELECT doc, row_version FROM agents`
+	var args []any
+	if f.ProjectID != "" {
+		q += ` WHERE project_id = ?`
+		args = append(args, f.ProjectID)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.Agent
+	for rows.Next() {
+		var doc string
+		var ver int64
+		if err := rows.Scan(&doc, &ver); err != nil {
+			return nil, fmt.Errorf("list agents: %w", err)
+		}
+		a, err := decodeAgent(doc, ver)
+		if err != nil {
+			return nil, err
+		}
+		if f.Match == nil || f.Match(a) {
+			out = append(out, a)
+		}
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) MarkAllDisconnected(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = jsonb_set(doc, '{connected}', 'false'::jsonb), row_version = row_version + 1 WHERE doc->'connected' = 'true'::jsonb`)
+	if err != nil {
+		return fmt.Errorf("mark agents disconnected: %w", err)
+	}
+	return nil
+}
+
+// Audit.
+
+func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	err := s.db.QueryRowContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?) RETURNING id`,
+		ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result).Scan(&e.ID)
+	if err != nil {
+		return fmt.Errorf("append audit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) ListAudit(ctx context.Context, projectID string, limit int) ([]*store.AuditEntry, error) {
+	if limit <= 0 || limit > 10000 {
+		limit = 1000
+	}
+	q := `SELECT id, time, actor, project_id, action, target, result FROM audit`
+	var args []any
+	if projectID != "" {
+		q += ` WHERE project_id = ?`
+		args = append(args, projectID)
+	}
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list audit: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.AuditEntry
+	for rows.Next() {
+		e := &store.AuditEntry{}
+		var t int64
+		if err := rows.Scan(&e.ID, &t, &e.Actor, &e.ProjectID, &e.Action, &e.Target, &e.Result); err != nil {
+			return nil, fmt.Errorf("list audit: %w", err)
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// pgconnConfig parses dsn for the stdlib adapter.
+func pgconnConfig(dsn string, connectTimeout time.Duration) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres dsn: %w", err)
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > connectTimeout {
+		cfg.ConnectTimeout = connectTimeout
+	}
+	return cfg, nil
+}
