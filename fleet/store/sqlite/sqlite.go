@@ -31,8 +31,15 @@ var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at path and applies
 // pending migrations.
+//
+// The database runs in WAL mode with synchronous=NORMAL: a committed
+// transaction survives a crash of the process (SIGKILL) because the WAL is
+// in the kernel's page cache, and only a power loss or kernel crash can
+// roll back the last transactions — never corrupt the file. That is the
+// usual trade for an embedded control-plane store; PostgreSQL mode keeps
+// its own fsync settings.
 func Open(ctx context.Context, file string) (*Store, error) {
-	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(ON)&_txlock=immediate"
+	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", file, err)
