@@ -65,6 +65,10 @@ type Options struct {
 	PushRetry time.Duration
 	// Workers push configs in parallel; 0 means 8.
 	Workers int
+	// Leader reports whether this replica advances rollouts (holds the
+	// leader lease); nil means always. Every replica pushes assigned
+	// configs to its own agents either way.
+	Leader func() bool
 }
 
 // Controller drives rollouts from the store and pushes each agent its
@@ -177,7 +181,9 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 	defer t.Stop()
 	for {
 		t0 := time.Now()
-		c.Step(ctx)
+		if c.o.Leader == nil || c.o.Leader() {
+			c.Step(ctx)
+		}
 		// Reports wake the loop early, but it rests at least Tick/10 and
 		// twice as long as the step took, so a burst of thousands of
 		// reports costs a few steps (at most a third of a core), not
