@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,9 +110,38 @@ func TestRolloutEndToEnd(t *testing.T) {
 	project := f.MustCLI("project", "create", "rollouts")
 	boot := f.MustCLI("token", "create", "--project", project, "--name", "boot", "--scope", "enroll", "--labels", "cluster=e2e")
 	var sdAgents []*fleettest.Agent
+	var metricsURLs []string
 	for i := range 3 {
+		addr := fleettest.FreeAddr(t)
+		metricsURLs = append(metricsURLs, "http://"+addr+"/metrics")
 		sdAgents = append(sdAgents, fleettest.StartAgent(t, "", "--fleet-address", f.URL, "--insecure", "--bootstrap-token", boot,
-			"--node", fmt.Sprintf("sd-%d", i), "--platform", "systemd"))
+			"--node", fmt.Sprintf("sd-%d", i), "--platform", "systemd", "--http-address", addr))
+	}
+	// The sampler's own gauge shows the rate its perf events run at; it
+	// exists only where the eBPF sampler runs (root, as in CI).
+	privileged := os.Geteuid() == 0 || os.Getenv("FLEETPROF_REQUIRE_PRIVILEGED") == "1"
+	waitHz := func(hz int) {
+		t.Helper()
+		if !privileged {
+			t.Logf("not root: sampler frequency not checked (effective config only)")
+			return
+		}
+		for _, u := range metricsURLs {
+			fleettest.Eventually(t, 20*time.Second, "sampler at "+fmt.Sprint(hz)+" Hz", func() (bool, string) {
+				resp, err := http.Get(u)
+				if err != nil {
+					return false, err.Error()
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				for _, line := range strings.Split(string(b), "\n") {
+					if strings.HasPrefix(line, "fleetprof_sampler_frequency_hz ") {
+						return strings.TrimSpace(strings.TrimPrefix(line, "fleetprof_sampler_frequency_hz ")) == fmt.Sprint(hz), line
+					}
+				}
+				return false, "no fleetprof_sampler_frequency_hz in " + u
+			})
+		}
 	}
 	for i := range 2 {
 		fleettest.StartAgent(t, "", "--fleet-address", f.URL, "--insecure", "--bootstrap-token", boot,
@@ -125,6 +156,7 @@ func TestRolloutEndToEnd(t *testing.T) {
 		}
 		return n == 5, fmt.Sprintf("%d connected", n)
 	})
+	waitHz(19)
 	pids := map[string]int{}
 	for _, a := range sdAgents {
 		pids[a.StateDir] = pidOf(t, a.StateDir)
@@ -158,6 +190,7 @@ func TestRolloutEndToEnd(t *testing.T) {
 			t.Errorf("kubernetes agent %s got the systemd config: %s %s", a.ID, a.ConfigHash, a.ConfigStatus)
 		}
 	}
+	waitHz(49)
 	samePids("after v1")
 	for _, a := range sdAgents {
 		b, err := os.ReadFile(filepath.Join(a.StateDir, "remote-config.yaml"))
@@ -246,6 +279,7 @@ func TestRolloutEndToEnd(t *testing.T) {
 			t.Errorf("an agent reported config %s, neither the old nor the new one", h)
 		}
 	}
+	waitHz(71)
 	samePids("after the fleet restart")
 
 	// A host that enrolls later gets the config of its selector.
