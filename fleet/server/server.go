@@ -55,6 +55,10 @@ type Options struct {
 	// AgentBinary is served at /download/fleetprof-agent for install.sh;
 	// "" means fleetprof-agent beside the fleetprof binary.
 	AgentBinary string
+	// Store is the fleet store backend: "sqlite" ("" too; DataDir/fleet.db)
+	// or "postgres" (PostgresDSN, shared by replicas).
+	Store       string
+	PostgresDSN string
 	Logger      *zap.Logger
 	// Ready, if set, receives the bound address once serving.
 	Ready func(addr net.Addr)
@@ -91,18 +95,12 @@ func Run(ctx context.Context, o Options) error {
 		o.PublicURL = scheme + "://" + ln.Addr().String()
 	}
 
-	keys, err := token.OpenKeySet(filepath.Join(o.DataDir, "keys"))
+	rep, err := openReplica(ctx, o, log)
 	if err != nil {
 		return err
 	}
-	st, err := sqlite.Open(ctx, filepath.Join(o.DataDir, "fleet.db"))
-	if err != nil {
-		return err
-	}
+	st, keys := rep.st, rep.keys
 	defer st.Close()
-	if err := st.MarkAllDisconnected(ctx); err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	au, err := auth.New(ctx, auth.Options{Keys: keys, Store: st, Issuer: o.PublicURL, Logger: log.Named("auth"), Registerer: reg})
@@ -112,7 +110,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := ensureAdminToken(ctx, o.DataDir, au, log); err != nil {
 		return err
 	}
-	ro, err := rollout.New(rollout.Options{Store: st, Logger: log.Named("rollout")})
+	ro, err := rollout.New(rollout.Options{Store: st, Logger: log.Named("rollout"), Leader: rep.leader()})
 	if err != nil {
 		return err
 	}
@@ -196,6 +194,7 @@ func Run(ctx context.Context, o Options) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return au.Run(gctx) })
 	g.Go(func() error { return ro.Run(gctx, op) })
+	g.Go(func() error { return rep.run(gctx, op, ro) })
 	g.Go(func() error { return op.Run(gctx) })
 	g.Go(func() error { return ps.Run(gctx) })
 	g.Go(func() error {

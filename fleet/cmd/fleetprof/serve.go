@@ -39,6 +39,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&o.ProfileRetention, "profile-retention", 15*24*time.Hour, "how long profiles are kept")
 	fs.Int64Var(&o.ProfileMaxBytes, "profile-max-bytes", 0, "cap on stored profile bytes, oldest dropped first (0: none)")
 	fs.StringVar(&o.AgentBinary, "agent-binary", "", "fleetprof-agent served at /download/fleetprof-agent for install.sh (default: beside this binary)")
+	fs.StringVar(&o.Store, "store", "sqlite", "fleet store: sqlite (in --data-dir) or postgres (--postgres-dsn, shared by replicas)")
+	fs.StringVar(&o.PostgresDSN, "postgres-dsn", "", "PostgreSQL connection string for --store postgres")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	pos, err := parse(fs, args)
 	if err != nil {
