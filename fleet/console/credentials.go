@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/fleetprof/fleetprof/fleet/auth"
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/internal/token"
 )
@@ -21,6 +22,30 @@ func (a *API) registerCredentials(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/keys", a.wrap(read, a.listKeys))
 	mux.HandleFunc("POST /api/v1/keys/rotate", a.wrap(write, a.rotateKey))
 	mux.HandleFunc("POST /api/v1/keys/{kid}/retire", a.wrap(write, a.retireKey))
+	mux.HandleFunc("POST /api/v1/admin-tokens", a.wrap(write, a.createAdminToken))
+}
+
+func (a *API) createAdminToken(r *http.Request) (any, error) {
+	var body struct {
+		Name     string `json:"name"`
+		ReadOnly bool   `json:"readOnly"`
+	}
+	if err := decode(r, &body); err != nil {
+		return nil, err
+	}
+	if body.Name == "" || len(body.Name) > 100 {
+		return nil, fmt.Errorf("%w: name: must be 1 to 100 characters", ErrBadRequest)
+	}
+	by := ""
+	if p := PrincipalFrom(r.Context()); p != nil {
+		by = p.Name
+	}
+	raw, t, err := a.o.Auth.Issue(r.Context(), auth.IssueRequest{Kind: token.KindAdmin, Name: body.Name, ReadOnly: body.ReadOnly, CreatedBy: by})
+	a.audit(r, "", "admin-token.create", body.Name, err)
+	if err != nil {
+		return nil, err
+	}
+	return &CreatedToken{Token: raw, Info: t}, nil
 }
 
 // RotationStatus counts the agents of a selector by rotation state.
@@ -112,6 +137,11 @@ func (a *API) rotateKey(r *http.Request) (any, error) {
 
 func (a *API) retireKey(r *http.Request) (any, error) {
 	kid := r.PathValue("kid")
+	if p := PrincipalFrom(r.Context()); p != nil {
+		if t, err := a.o.Store.TokenByID(r.Context(), p.TokenID); err == nil && t.KeyID == kid {
+			return nil, fmt.Errorf("%w: your own admin token is signed by key %s; create a new admin token (fleetprof admin-token create) and retire the key with it", ErrBadRequest, kid)
+		}
+	}
 	err := a.o.Auth.Keys().Retire(kid)
 	if errors.Is(err, token.ErrUnknownKey) {
 		err = fmt.Errorf("key %q: %w", kid, store.ErrNotFound)

@@ -3,6 +3,8 @@ package fleettest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fleetprof/fleetprof/fleet/client"
 )
 
 var (
@@ -104,6 +108,7 @@ type Fleet struct {
 	cmd        *exec.Cmd
 	done       chan struct{}
 	log        *syncBuffer
+	caFile     string
 }
 
 // StartFleet starts a fleet on a fresh data dir and waits for /readyz.
@@ -122,6 +127,35 @@ func StartFleetEnv(t testing.TB, env []string, extra ...string) *Fleet {
 	return f
 }
 
+// StartFleetTLS starts a fleet serving HTTPS on addr with the given key
+// pair; the CLI trusts cert.
+func StartFleetTLS(t testing.TB, addr, cert, key string, extra ...string) *Fleet {
+	t.Helper()
+	f := &Fleet{t: t, DataDir: t.TempDir(), Addr: addr, Extra: append([]string{"--tls-cert-file", cert, "--tls-key-file", key}, extra...), log: &syncBuffer{}, caFile: cert}
+	f.URL = "https://" + f.Addr
+	f.Start()
+	t.Cleanup(f.Stop)
+	return f
+}
+
+// Client returns an API client with the admin token.
+func (f *Fleet) Client() *client.Client {
+	return client.New(f.URL, f.AdminToken, f.httpClient())
+}
+
+func (f *Fleet) httpClient() *http.Client {
+	if f.caFile == "" {
+		return &http.Client{Timeout: 60 * time.Second}
+	}
+	pemBytes, err := os.ReadFile(f.caFile)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemBytes)
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
 // Start (re)starts the server process on the same data dir and address.
 func (f *Fleet) Start() {
 	f.t.Helper()
@@ -137,7 +171,7 @@ func (f *Fleet) Start() {
 	go func(c *exec.Cmd, done chan struct{}) { _ = c.Wait(); close(done) }(f.cmd, f.done)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(f.URL + "/readyz")
+		resp, err := f.httpClient().Get(f.URL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -201,6 +235,9 @@ func (f *Fleet) CLIWithToken(tok string, args ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append(args, "--server", f.URL)...)
 	cmd.Env = append(os.Environ(), "FLEETPROF_ADMIN_TOKEN="+tok)
+	if f.caFile != "" {
+		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+f.caFile)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
