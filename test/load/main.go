@@ -135,7 +135,7 @@ func run() error {
 			c, err := control.New(control.Options{
 				FleetURL: url, BootstrapToken: boot.Token, StateDir: filepath.Join(dir, "agents", strconv.Itoa(i)),
 				HeartbeatInterval: *hb,
-				Description: describe.Agent{Version: "load", Hostname: fmt.Sprintf("host-%d", i), Platform: []string{"systemd", "kubernetes"}[i%2], OS: "linux"},
+				Description:       describe.Agent{Version: "load", Hostname: fmt.Sprintf("host-%d", i), Platform: []string{"systemd", "kubernetes"}[i%2], OS: "linux"},
 				Callbacks: control.Callbacks{OnCredential: func(string) {
 					once.Do(func() {
 						dmu.Lock()
