@@ -48,6 +48,11 @@ commands:
   project list                  list projects
   token create|list|delete      manage API and bootstrap tokens
   agents list|rotate-credentials|revoke
+  config apply|list             store a config version and roll it out
+  rollout status|pause|resume|rollback|list
+  profiles query                merged profile over a time range (pprof, top, flamegraph)
+  admin-token create            another admin (or --read-only) token
+  keys list|rotate|retire       the fleet's token signing keys
   audit                         show the audit log
   version                       print the version
 
