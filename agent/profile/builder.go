@@ -90,7 +90,9 @@ func (z *gzipper) encode(p *pprof.Profile) ([]byte, error) {
 	}
 	z.out.Reset()
 	if z.w == nil {
-		z.w = gzip.NewWriter(&z.out)
+		// BestSpeed: its state is much smaller to reset per profile, and
+		// profiles are small; about 20% larger output than the default.
+		z.w, _ = gzip.NewWriterLevel(&z.out, gzip.BestSpeed)
 	} else {
 		z.w.Reset(&z.out)
 	}

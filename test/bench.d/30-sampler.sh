@@ -22,6 +22,7 @@ trap cleanup EXIT
 go build -o "$bin/bench-sampler" ./test/bench/sampler
 gcc -O1 -fno-omit-frame-pointer -o "$bin/cpuwork" test/workload/cpu.c
 sysctl -qw kernel.bpf_stats_enabled=1
+idle_startup="$("$bin/bench-sampler" -startup)"
 
 for _ in $(seq 20); do
   "$bin/cpuwork" cpu 3600 &
@@ -35,4 +36,4 @@ for hz in 19 99; do
   echo "bench sampler: ${hz} Hz for ${dur}" >&2
   "$bin/bench-sampler" -hz "$hz" -duration "$dur" > "$work/$hz.json"
 done
-"$bin/bench-sampler" -report "$work/19.json" "$work/99.json"
+"$bin/bench-sampler" -report "$idle_startup" "$work/19.json" "$work/99.json"

@@ -48,10 +48,11 @@ func main() {
 	dur := flag.Duration("duration", 60*time.Second, "how long to run after start-up")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this program here")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of this program here")
-	report := flag.Bool("report", false, "read result JSON files (arguments) and print the markdown section")
+	report := flag.Bool("report", false, "print the markdown section from the idle start-up seconds and result JSON files (arguments)")
+	startupOnly := flag.Bool("startup", false, "only start up (builder, kernel symbols, BPF load and attach), print the seconds it took and exit")
 	flag.Parse()
 	if *report {
-		if err := printReport(flag.Args()); err != nil {
+		if err := printReport(flag.Arg(0), flag.Args()[1:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench sampler:", err)
 			os.Exit(1)
 		}
@@ -72,6 +73,9 @@ func main() {
 				f.Close()
 			}
 		}()
+	}
+	if *startupOnly {
+		*dur = 0
 	}
 	if err := run(*hz, *window, *dur); err != nil {
 		fmt.Fprintln(os.Stderr, "bench sampler:", err)
@@ -97,6 +101,10 @@ func run(hz int, window, dur time.Duration) error {
 	}
 	defer s.Close()
 	res := result{Hz: hz, StartupSeconds: time.Since(started).Seconds()}
+	if dur == 0 {
+		fmt.Printf("%.3f\n", res.StartupSeconds)
+		return nil
+	}
 
 	st0, err := s.ProgramStats()
 	if err != nil {
