@@ -104,6 +104,20 @@ type Server struct {
 	pending atomic.Int64
 	m       metrics
 	rq      rotationQueue
+	jobs    chan func()
+}
+
+// work runs f on one of the server's store workers and waits for it.
+func (s *Server) work(f func()) {
+	done := make(chan struct{})
+	s.jobs <- func() { defer close(done); f() }
+	<-done
+}
+
+func (s *Server) worker() {
+	for f := range s.jobs {
+		f()
+	}
 }
 
 type metrics struct {
@@ -168,7 +182,10 @@ func New(o Options) (*Server, error) {
 		o.RotationRate = 100
 	}
 	o.Callbacks.SetDefaults()
-	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}}
+	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, jobs: make(chan func())}
+	for i := 0; i < 16; i++ {
+		go s.worker()
+	}
 	s.m = metrics{
 		connected:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetprof_opamp_connected_agents", Help: "Agents holding a WebSocket connection."}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_rejected_total", Help: "OpAMP connections refused, by HTTP status."}, []string{"code"}),
@@ -410,12 +427,17 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 	defer cancel()
 	var offer *protobufs.ConnectionSettingsOffers
 	var err error
-	switch c.claims.Kind() {
-	case token.KindBootstrap:
-		offer, err = c.enroll(ctx, msg)
-	case token.KindAgent:
-		offer, err = c.update(ctx, msg)
-	}
+	// Store work runs on a small pool of workers: the connection's own
+	// goroutine keeps a small stack (SQLite and JSON are deep), which is
+	// most of what an idle agent costs.
+	s.work(func() {
+		switch c.claims.Kind() {
+		case token.KindBootstrap:
+			offer, err = c.enroll(ctx, msg)
+		case token.KindAgent:
+			offer, err = c.update(ctx, msg)
+		}
+	})
 	if err != nil {
 		var re refusal
 		if errors.As(err, &re) {

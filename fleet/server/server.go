@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,6 +167,13 @@ func Run(ctx context.Context, o Options) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(keys.JWKS())
 	})
+	if os.Getenv("FLEETPROF_DEBUG_PPROF") == "1" {
+		// Profiling of the fleet itself, for benchmarks; off by default
+		// because it is not authenticated.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		log.Warn("FLEETPROF_DEBUG_PPROF=1: /debug/pprof/ is served without authentication")
+	}
 	mux.HandleFunc("GET /api/v1/version", func(w http.ResponseWriter, r *http.Request) {
 		console.WriteJSON(w, http.StatusOK, console.Envelope{Data: map[string]string{"version": version.Version}})
 	})

@@ -13,6 +13,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +80,7 @@ func run() error {
 	idle := flag.Duration("idle", 20*time.Second, "idle time before measuring")
 	conc := flag.Int("concurrency", 64, "agents enrolling at once")
 	hb := flag.Duration("heartbeat", 30*time.Second, "agent heartbeat interval")
+	heapOut := flag.String("heap-profile", "", "write the fleet's heap profile here after the idle period")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "fleetprof-load-")
@@ -89,6 +92,9 @@ func run() error {
 	url := "http://" + addr
 	cmd := exec.Command(*fleetBin, "serve", "--data-dir", filepath.Join(dir, "fleet"), "--http-address", addr, "--log-level", "warn")
 	cmd.Stderr = os.Stderr
+	if *heapOut != "" {
+		cmd.Env = append(os.Environ(), "FLEETPROF_DEBUG_PPROF=1")
+	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -182,6 +188,14 @@ func run() error {
 	mid, _ := readProc(cmd.Process.Pid)
 	time.Sleep(*idle / 2)
 	after, _ := readProc(cmd.Process.Pid)
+	if *heapOut != "" {
+		resp, err := http.Get(url + "/debug/pprof/heap?gc=1")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = os.WriteFile(*heapOut, b, 0o644)
+		}
+	}
 	runtime.GC()
 	selfAfter := selfRSS()
 	ticks := float64(after.cpuTicks - mid.cpuTicks)
