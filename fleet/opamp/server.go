@@ -44,12 +44,18 @@ type Callbacks struct {
 	// OnAgentStatus is called after an agent's record changed (connect,
 	// disconnect, health, config status).
 	OnAgentStatus func(a *store.Agent)
+	// OnPackageStatuses is called with what an agent reports about the
+	// packages it was offered (agent upgrades).
+	OnPackageStatuses func(agentID string, st *protobufs.PackageStatuses)
 }
 
 // SetDefaults fills nil callbacks with no-ops.
 func (c *Callbacks) SetDefaults() {
 	if c.OnAgentStatus == nil {
 		c.OnAgentStatus = func(*store.Agent) {}
+	}
+	if c.OnPackageStatuses == nil {
+		c.OnPackageStatuses = func(string, *protobufs.PackageStatuses) {}
 	}
 }
 
@@ -452,6 +458,9 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 			}},
 		}
 		return resp
+	}
+	if msg.PackageStatuses != nil && c.claims.Kind() == token.KindAgent {
+		s.o.Callbacks.OnPackageStatuses(id, msg.PackageStatuses)
 	}
 	resp.ConnectionSettings = offer
 	return resp

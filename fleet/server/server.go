@@ -27,6 +27,7 @@ import (
 	"github.com/fleetprof/fleetprof/fleet/ingest"
 	"github.com/fleetprof/fleetprof/fleet/opamp"
 	"github.com/fleetprof/fleetprof/fleet/profiles"
+	"github.com/fleetprof/fleetprof/fleet/release"
 	"github.com/fleetprof/fleetprof/fleet/rollout"
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
@@ -115,11 +116,18 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	rel, err := release.New(release.Options{Store: st, DataDir: o.DataDir, FleetURL: o.PublicURL, Logger: log.Named("release"), Leader: rep.leader()})
+	if err != nil && !errors.Is(err, release.ErrUnsupported) {
+		return err
+	}
 	op, err := opamp.New(opamp.Options{
 		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
 		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
 		FailRotation: failRotationHook(),
-		Callbacks:    opamp.Callbacks{OnAgentStatus: ro.OnAgentStatus},
+		Callbacks: opamp.Callbacks{
+			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a) },
+			OnPackageStatuses: rel.OnPackageStatuses,
+		},
 	})
 	if err != nil {
 		return err
@@ -143,6 +151,7 @@ func Run(ctx context.Context, o Options) error {
 	api.Register(mux)
 	api.RegisterUI(mux) // the web console at /
 	api.RegisterRollouts(mux, ro)
+	api.RegisterReleases(mux, rel)
 	ing.Register(mux)
 	RegisterInstall(mux, InstallOptions{FleetURL: o.PublicURL, AgentBinary: o.AgentBinary, Logger: log.Named("install")})
 	profiles.NewQueryAPI(ps).Register(mux, func(r *http.Request, projectID string) error {
@@ -202,6 +211,7 @@ func Run(ctx context.Context, o Options) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return au.Run(gctx) })
 	g.Go(func() error { return ro.Run(gctx, op) })
+	g.Go(func() error { return rel.Run(gctx, op) })
 	g.Go(func() error { return rep.run(gctx, op, ro) })
 	g.Go(func() error { return op.Run(gctx) })
 	g.Go(func() error { return ps.Run(gctx) })
