@@ -20,7 +20,6 @@ env_file=$conf/agent.env
 token_path=$conf/bootstrap-token
 ca_path=$conf/fleet-ca.pem
 state=/var/lib/fleetprof-agent
-private_state=/var/lib/private/fleetprof-agent
 service=fleetprof-agent.service
 
 usage() {
@@ -118,8 +117,7 @@ if [ -n "$uninstall" ]; then
 	rm -f "$bin" "$bin.new" "$env_file" "$env_file.new" "$token_path" "$token_path.new" "$ca_path"
 	# /etc/fleetprof stays when a fleet server on this host keeps fleet.env there.
 	rmdir "$conf" 2>/dev/null || true
-	rm -rf "$state" "$private_state"
-	rmdir /var/lib/private 2>/dev/null || true
+	rm -rf "$state"
 	say "fleetprof-agent removed (revoke it in the fleet: fleetprof agents revoke --project P ID)"
 	exit 0
 fi
@@ -202,7 +200,7 @@ args=${args# }
 cat >"$env_file.new" <<ENV
 # Written by install.sh; run it again to change these, or edit this file
 # and run: systemctl restart fleetprof-agent
-# The bootstrap token is in $token_path (read by systemd, root only).
+# The bootstrap token is in $token_path (root only).
 FLEETPROF_FLEET_ADDRESS=$fleet_address
 FLEETPROF_AGENT_ARGS="$args"
 ENV
@@ -224,27 +222,29 @@ Type=simple
 # --cluster, --labels, --insecure, --tls-ca-file, --systemd-units).
 Environment=FLEETPROF_AGENT_ARGS=
 EnvironmentFile=/etc/fleetprof/agent.env
-# The token is handed over as a credential, not on the command line, where
-# every local user could read it in /proc/PID/cmdline. It is only needed
-# until the agent has enrolled; its own credential lives in the state dir.
-LoadCredential=bootstrap-token:/etc/fleetprof/bootstrap-token
+# The token is read from a root-only file, not passed on the command line,
+# where every local user could read it in /proc/PID/cmdline. It is needed
+# only until the agent has enrolled (its own credential lives in the state
+# dir), but keep the file: the flag reads it on every start.
 ExecStart=/usr/local/bin/fleetprof-agent \
   --fleet-address=${FLEETPROF_FLEET_ADDRESS} \
-  --bootstrap-token-file=${CREDENTIALS_DIRECTORY}/bootstrap-token \
+  --bootstrap-token-file=/etc/fleetprof/bootstrap-token \
   --state-dir=${STATE_DIRECTORY} \
   $FLEETPROF_AGENT_ARGS
 Restart=on-failure
 RestartSec=5s
 TimeoutStopSec=20s
 
-# An unprivileged user made up by systemd, holding only the capabilities
-# the sampler needs: BPF and PERFMON (load the program, open perf events on
-# every CPU), SYS_PTRACE and DAC_READ_SEARCH (read /proc/PID/maps and the
-# binaries of every process), SYSLOG (kernel addresses in /proc/kallsyms),
-# SYS_RESOURCE (lift RLIMIT_MEMLOCK on kernels before 5.11),
-# CHECKPOINT_RESTORE (/proc/PID/map_files). Old kernels without CAP_BPF and
-# CAP_PERFMON (< 5.8) need CAP_SYS_ADMIN instead: see docs/deploy.md.
-DynamicUser=yes
+# Root, but holding only the capabilities the sampler needs: BPF and
+# PERFMON (load the program, open perf events on every CPU), SYS_PTRACE and
+# DAC_READ_SEARCH (read /proc/PID/maps and the binaries of every process),
+# SYSLOG (kernel addresses in /proc/kallsyms), SYS_RESOURCE (lift
+# RLIMIT_MEMLOCK on kernels before 5.11), CHECKPOINT_RESTORE
+# (/proc/PID/map_files). No CAP_SYS_ADMIN, no CAP_DAC_OVERRIDE, and the file
+# system read-only but for the state dir. Old kernels without CAP_BPF and
+# CAP_PERFMON (< 5.8) need CAP_SYS_ADMIN added: see docs/deploy.md.
+# AmbientCapabilities keeps the same set should you run it as another User=
+# (then make the token file readable by that user).
 CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_RESOURCE CAP_DAC_READ_SEARCH CAP_SYSLOG CAP_CHECKPOINT_RESTORE
 AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE CAP_SYS_RESOURCE CAP_DAC_READ_SEARCH CAP_SYSLOG CAP_CHECKPOINT_RESTORE
 # Ambient capabilities survive NoNewPrivileges: it only stops setuid gains.
@@ -254,6 +254,7 @@ StateDirectoryMode=0700
 ProtectSystem=strict
 ProtectHome=read-only
 PrivateTmp=yes
+UMask=0077
 PrivateDevices=yes
 ProtectHostname=yes
 ProtectClock=yes
