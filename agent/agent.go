@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fleetprof/fleetprof/agent/control"
+	"github.com/fleetprof/fleetprof/agent/upgrade"
 	"github.com/fleetprof/fleetprof/internal/config"
 	"github.com/fleetprof/fleetprof/internal/describe"
 	"github.com/fleetprof/fleetprof/internal/version"
@@ -66,6 +67,7 @@ type Agent struct {
 	errs map[string]string // component → why it is not working
 	cfg  *config.Config    // config in effect
 	dp   *dataPlane
+	upg  *upgrade.Manager // self-upgrades (fleet mode)
 }
 
 // New validates options and builds the agent.
@@ -96,10 +98,13 @@ func New(o Options) (*Agent, error) {
 			return nil, errors.New("--state-dir is required with --fleet-address (the credential is kept there)")
 		}
 		a.loadLastGoodConfig()
+		if a.upg, err = a.newUpgrader(tlsCfg); err != nil {
+			return nil, err
+		}
 		ctl, err := control.New(control.Options{
 			FleetURL: o.FleetAddress, BootstrapToken: o.BootstrapToken, StateDir: o.StateDir, TLSConfig: tlsCfg,
 			Description: a.describe(), Logger: o.Logger.Named("control"),
-			Callbacks: a.controlCallbacks(),
+			Callbacks: a.withUpgrades(a.controlCallbacks()), Packages: a.upg.StateProvider(),
 		})
 		if err != nil {
 			return nil, err
@@ -199,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.ctl != nil {
 		g.Go(func() error { return a.ctl.Run(ctx) })
+		g.Go(func() error { return a.upg.Run(ctx) })
 	}
 	g.Go(func() error { return a.runDataPlane(ctx) })
 	return g.Wait()

@@ -88,6 +88,10 @@ type Options struct {
 	ProbeTimeout time.Duration
 	Logger       *zap.Logger
 	Callbacks    Callbacks
+	// Packages, when set, makes the client advertise AcceptsPackages and
+	// ReportsPackageStatuses (opamp-go requires a state provider for them);
+	// offers then reach Callbacks.OnPackages.
+	Packages types.PackagesStateProvider
 }
 
 // Status is a snapshot of the control connection for health endpoints.
@@ -187,6 +191,17 @@ func (c *Client) SetHealth(healthy bool, status, lastError string) {
 	c.mu.Unlock()
 	if cur != nil {
 		_ = cur.SetHealth(h)
+	}
+}
+
+// SetPackageStatuses reports package statuses (agent upgrades) to the
+// fleet now, if connected; the state provider repeats them on reconnect.
+func (c *Client) SetPackageStatuses(ps *protobufs.PackageStatuses) {
+	c.mu.Lock()
+	cur := c.cur
+	c.mu.Unlock()
+	if cur != nil && c.o.Packages != nil {
+		_ = cur.SetPackageStatuses(ps)
 	}
 }
 
@@ -338,6 +353,10 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 		return nil, fmt.Errorf("set health: %w", err)
 	}
 	caps := capabilities
+	if c.o.Packages != nil {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages | protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses
+		settings.PackagesStateProvider = c.o.Packages
+	}
 	if err := cl.SetCapabilities(&caps); err != nil {
 		return nil, fmt.Errorf("set capabilities: %w", err)
 	}

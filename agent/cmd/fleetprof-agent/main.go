@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/fleetprof/fleetprof/agent"
+	"github.com/fleetprof/fleetprof/agent/upgrade"
 	"github.com/fleetprof/fleetprof/internal/version"
 )
 
@@ -26,6 +27,9 @@ func main() {
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetprof-agent:", err)
+		if errors.Is(err, upgrade.ErrRestart) {
+			os.Exit(upgrade.ExitCode) // the service manager starts the new binary
+		}
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -46,6 +50,9 @@ func (l *listFlag) Set(v string) error {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "upgrade-guard" {
+		return upgrade.GuardCommand(args[1:], stderr)
+	}
 	fs := flag.NewFlagSet("fleetprof-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o agent.Options
