@@ -2,6 +2,7 @@ package symbolize
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"strconv"
@@ -34,7 +35,12 @@ func ParseMaps(r io.Reader) ([]*Mapping, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 16*1024), 1024*1024)
 	for sc.Scan() {
-		line := sc.Text()
+		// Most lines are data mappings: skip them before splitting.
+		raw := sc.Bytes()
+		if sp := bytes.IndexByte(raw, ' '); sp >= 0 && sp+3 < len(raw) && raw[sp+3] != 'x' {
+			continue
+		}
+		line := string(raw)
 		f := strings.Fields(line)
 		if len(f) < 5 {
 			return nil, fmt.Errorf("maps line %q: too few fields", line)
