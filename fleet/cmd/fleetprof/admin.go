@@ -192,6 +192,9 @@ func agentsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
 		return usageError{"agents: want list, rotate-credentials or revoke"}
 	}
+	if args[0] == "versions" {
+		return agentVersionsCmd(ctx, args[1:], stdout)
+	}
 	fs := flag.NewFlagSet("agents "+args[0], flag.ContinueOnError)
 	var af adminFlags
 	af.register(fs)
