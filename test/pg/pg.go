@@ -29,6 +29,8 @@ type Server struct {
 	Bin  string // directory of initdb, pg_ctl, postgres
 	Dir  string // the parent temp dir (data dir is Dir/data)
 	Port int
+	// Durable keeps fsync on (as in production); tests default to off.
+	Durable bool
 	// runAs is the OS user that runs the server ("" when we are not root).
 	runAs string
 	mu    sync.Mutex
@@ -53,7 +55,17 @@ func version(initdb string) int {
 // Start creates a cluster in a new temp dir and starts it on a free
 // loopback port. As root, the cluster runs as the "postgres" OS user
 // (initdb refuses root), which owns the temp dir. Call Stop to remove it.
-func Start(ctx context.Context) (*Server, error) {
+func Start(ctx context.Context) (*Server, error) { return StartWith(ctx, Options{}) }
+
+// Options configures StartWith.
+type Options struct {
+	// Durable keeps fsync and synchronous commit on, as in production
+	// (for benchmarks); false turns fsync off, which tests prefer.
+	Durable bool
+}
+
+// StartWith is Start with options.
+func StartWith(ctx context.Context, o Options) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -62,7 +74,7 @@ func Start(ctx context.Context) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create pg dir: %w", err)
 	}
-	s := &Server{Bin: bin, Dir: dir}
+	s := &Server{Bin: bin, Dir: dir, Durable: o.Durable}
 	if os.Geteuid() == 0 {
 		s.runAs = "postgres"
 		u, err := user.Lookup(s.runAs)
@@ -120,8 +132,12 @@ func freePort() (int, error) {
 // Restart starts the server (again) on the same port and waits until it
 // accepts connections.
 func (s *Server) Restart(ctx context.Context) error {
-	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -c port=%d -c unix_socket_directories=%s -c fsync=off -c max_connections=200 -c shared_buffers=32MB",
-		s.Port, s.Dir)
+	fsync := "off"
+	if s.Durable {
+		fsync = "on"
+	}
+	opts := fmt.Sprintf("-c listen_addresses=127.0.0.1 -c port=%d -c unix_socket_directories=%s -c fsync=%s -c max_connections=200 -c shared_buffers=32MB",
+		s.Port, s.Dir, fsync)
 	if out, err := s.run(ctx, "pg_ctl", "-D", s.data(), "-l", filepath.Join(s.Dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.Dir, "log"))
 		return fmt.Errorf("pg_ctl start: %w: %s\n%s", err, out, tail(log))

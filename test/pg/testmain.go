@@ -14,9 +14,10 @@ var shared *Server
 // Main runs a test package with one shared server: call it from
 // TestMain as os.Exit(pg.Main(m)). When PostgreSQL is not installed the
 // tests that call Shared skip, unless Required, where Main fails.
+// FLEETPROF_PG_DURABLE=1 keeps fsync on (benchmarks).
 func Main(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	s, err := Start(ctx)
+	s, err := StartWith(ctx, Options{Durable: os.Getenv("FLEETPROF_PG_DURABLE") == "1"})
 	cancel()
 	switch {
 	case err == nil:
