@@ -156,6 +156,9 @@ func (k *Kube) start(ctx context.Context, etcdPath, apiserver string) error {
 		"--cert-dir", filepath.Join(k.dir, "certs"),
 		// No controller manager creates "default" service accounts.
 		"--disable-admission-plugins", "ServiceAccount",
+		// As kubeadm and managed clusters do: privileged pods may be
+		// created (the agent's privileged fallback is checked against it).
+		"--allow-privileged=true",
 		"--v", "0")
 	if err := k.spawn(api, "kube-apiserver.log"); err != nil {
 		return err
