@@ -70,7 +70,13 @@ func StartWith(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "fleetprof-pg-")
+	// As root the server runs as postgres, which must reach the dir: use
+	// /tmp rather than a $TMPDIR that may sit under a private home.
+	base := ""
+	if os.Geteuid() == 0 {
+		base = "/tmp"
+	}
+	dir, err := os.MkdirTemp(base, "fleetprof-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("create pg dir: %w", err)
 	}
