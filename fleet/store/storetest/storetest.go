@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ConfigVersions", testConfigVersions},
 		{"Rollouts", testRollouts},
 		{"Users", testUsers},
+		{"Releases", testReleases},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
