@@ -354,10 +354,13 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 	}
 	caps := capabilities
 	if c.o.Packages != nil {
+		// opamp-go checks the package capabilities against the state
+		// provider, which it only learns at Start: they go in the start
+		// settings together.
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages | protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses
 		settings.PackagesStateProvider = c.o.Packages
-	}
-	if err := cl.SetCapabilities(&caps); err != nil {
+		settings.Capabilities = caps //nolint:staticcheck // see above
+	} else if err := cl.SetCapabilities(&caps); err != nil {
 		return nil, fmt.Errorf("set capabilities: %w", err)
 	}
 	if err := cl.Start(ctx, settings); err != nil {

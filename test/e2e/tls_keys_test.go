@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -149,7 +150,7 @@ func TestSigningKeyRotation(t *testing.T) {
 		for _, a := range agents(t, f, project) {
 			on[a.Labels["group"]] = a.Connected
 		}
-		return !on["a"] && on["c"], ""
+		return !on["a"] && on["c"], fmt.Sprintf("connected: %v", on)
 	})
 	fleettest.Eventually(t, 15*time.Second, "agent a says it must re-enroll", func() (bool, string) {
 		return strings.Contains(agA.Log(), "bootstrap token rejected") || strings.Contains(agA.Log(), "no longer valid"), tail(agA.Log(), 5)
