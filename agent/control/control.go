@@ -359,7 +359,7 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 		// settings together.
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages | protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses
 		settings.PackagesStateProvider = c.o.Packages
-		settings.Capabilities = caps //nolint:staticcheck // see above
+		settings.Capabilities = caps
 	} else if err := cl.SetCapabilities(&caps); err != nil {
 		return nil, fmt.Errorf("set capabilities: %w", err)
 	}

@@ -59,13 +59,6 @@ func (s state) read(name string) (string, error) {
 
 func (s state) write(name, v string) error { return writeFileAtomic(s.path(name), []byte(v+"\n")) }
 
-func (s state) remove(name string) error {
-	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", name, err)
-	}
-	return nil
-}
-
 func writeFileAtomic(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
