@@ -114,7 +114,7 @@ if [ -n "$uninstall" ]; then
 	rm -f "$unit" "$unit.new"
 	systemctl daemon-reload
 	systemctl reset-failed "$service" >/dev/null 2>&1 || true
-	rm -f "$bin" "$bin.new" "$env_file" "$env_file.new" "$token_path" "$token_path.new" "$ca_path"
+	rm -f "$bin" "$bin.new" "$bin.prev" "$bin.download" "$env_file" "$env_file.new" "$token_path" "$token_path.new" "$ca_path"
 	# /etc/fleetprof stays when a fleet server on this host keeps fleet.env there.
 	rmdir "$conf" 2>/dev/null || true
 	rm -rf "$state"
@@ -226,6 +226,11 @@ EnvironmentFile=/etc/fleetprof/agent.env
 # where every local user could read it in /proc/PID/cmdline. It is needed
 # only until the agent has enrolled (its own credential lives in the state
 # dir), but keep the file: the flag reads it on every start.
+# Self-upgrade (`fleetprof release rollout`): the agent swaps in the new
+# binary, keeps the old one as fleetprof-agent.prev and exits 75 so that
+# systemd restarts it; this guard, run with the old binary, brings it back
+# if the new one crash-loops ("-": no .prev yet is fine).
+ExecStartPre=-/usr/local/bin/fleetprof-agent.prev upgrade-guard --state-dir=${STATE_DIRECTORY}
 ExecStart=/usr/local/bin/fleetprof-agent \
   --fleet-address=${FLEETPROF_FLEET_ADDRESS} \
   --bootstrap-token-file=/etc/fleetprof/bootstrap-token \
@@ -252,6 +257,8 @@ NoNewPrivileges=yes
 StateDirectory=fleetprof-agent
 StateDirectoryMode=0700
 ProtectSystem=strict
+# Only for self-upgrade; drop it to upgrade by install.sh alone.
+ReadWritePaths=/usr/local/bin
 ProtectHome=read-only
 PrivateTmp=yes
 UMask=0077
@@ -259,7 +266,6 @@ PrivateDevices=yes
 ProtectHostname=yes
 ProtectClock=yes
 ProtectKernelModules=yes
-ProtectKernelTunables=yes
 ProtectControlGroups=yes
 RestrictNamespaces=yes
 RestrictRealtime=yes
@@ -267,9 +273,10 @@ RestrictSUIDSGID=yes
 LockPersonality=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
-# Not set, on purpose: ProtectKernelLogs (it drops CAP_SYSLOG, so kernel
-# frames would lose their names), ProtectProc=invisible (the agent must see
-# every process), SystemCallFilter (bpf and perf_event_open are the job).
+# Not set, on purpose: ProtectKernelTunables (it hides /proc/kallsyms) and
+# ProtectKernelLogs (it drops CAP_SYSLOG): kernel frames would lose their
+# names; ProtectProc=invisible (the agent must see every process);
+# SystemCallFilter (bpf and perf_event_open are its job).
 
 [Install]
 WantedBy=multi-user.target
