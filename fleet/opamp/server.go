@@ -607,12 +607,14 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		case jti == a.PendingCredentialID:
 			// The agent proved the candidate: it becomes current and the
 			// old one is retired.
-			if a.CredentialID != "" && a.CredentialID != jti {
+			a.RotationStatus, a.RotationError = "rotated", ""
+			if a.CredentialID == "" {
+				a.RotationStatus = "" // the first credential: an enrollment, not a rotation
+			} else if a.CredentialID != jti {
 				revokeOld = a.CredentialID
 			}
 			a.CredentialID, a.PendingCredentialID = jti, ""
 			a.CredentialExpiresAt = c.expiry()
-			a.RotationStatus, a.RotationError = "rotated", ""
 		case jti == a.CredentialID:
 			if a.CredentialExpiresAt == nil {
 				a.CredentialExpiresAt = c.expiry()

@@ -125,8 +125,9 @@ func TestSigningKeyRotation(t *testing.T) {
 	// Move group c onto new-key credentials, then retire the old key.
 	f.MustCLI("agents", "rotate-credentials", "--project", project, "--selector", "group=c")
 	fleettest.Eventually(t, 20*time.Second, "group c rotated", func() (bool, string) {
-		st := rotationStatus(t, f, project)
-		return st.Rotated == 1, ""
+		var st struct{ Rotated int }
+		err := c.Do(ctx, http.MethodGet, "/api/v1/projects/"+project+"/agents/rotation?selector=group%3Dc", nil, &st)
+		return err == nil && st.Rotated == 1, fmt.Sprintf("%+v", st)
 	})
 	allConnected(t, f, project, 2, 20*time.Second)
 	// The admin token itself was signed by the old key: the fleet refuses
