@@ -289,7 +289,16 @@ func (m *Manager) OnPackageStatuses(agentID string, ps *protobufs.PackageStatuse
 	if p == nil || p.ServerOfferedVersion == "" {
 		return
 	}
-	status := strings.TrimPrefix(p.Status.String(), "PackageStatusEnum_")
+	status := map[protobufs.PackageStatusEnum]string{
+		protobufs.PackageStatusEnum_PackageStatusEnum_Installed:      StatusInstalled,
+		protobufs.PackageStatusEnum_PackageStatusEnum_InstallPending: StatusInstalling,
+		protobufs.PackageStatusEnum_PackageStatusEnum_Installing:     StatusInstalling,
+		protobufs.PackageStatusEnum_PackageStatusEnum_InstallFailed:  StatusInstallFailed,
+		protobufs.PackageStatusEnum_PackageStatusEnum_Downloading:    StatusInstalling,
+	}[p.Status]
+	if status == "" {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := m.rs.SetReleaseStatus(ctx, agentID, p.ServerOfferedVersion, status, p.ErrorMessage, m.o.Now()); err != nil {
