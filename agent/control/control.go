@@ -334,6 +334,16 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 				c.log.Info("connected to fleet", zap.String("url", c.wsURL))
 			},
 			OnConnectFailed:           c.onConnectFailed(tok),
+			OnError: func(_ context.Context, e *protobufs.ServerErrorResponse) {
+				c.mu.Lock()
+				c.status.LastError = e.ErrorMessage
+				c.mu.Unlock()
+				if e.Type == protobufs.ServerErrorResponseType_ServerErrorResponseType_BadRequest {
+					c.log.Error("the fleet refused this agent", zap.String("reason", e.ErrorMessage))
+				} else {
+					c.log.Warn("fleet error", zap.String("reason", e.ErrorMessage))
+				}
+			},
 			OnOpampConnectionSettings: c.onSettings,
 			OnMessage:                 c.onMessage(cl),
 			GetEffectiveConfig: func(context.Context) (*protobufs.EffectiveConfig, error) {

@@ -788,7 +788,26 @@ func (a *API) revokeAgent(r *http.Request) (any, error) {
 	return map[string]string{"id": ag.ID, "status": "revoked"}, nil
 }
 
+// setRevoked marks an agent revoked (or re-admitted), retrying on a
+// concurrent write of its record.
+func (a *API) setRevoked(ctx context.Context, id string, revoked bool) error {
+	for i := 0; i < 5; i++ {
+		ag, err := a.o.Store.AgentByID(ctx, id)
+		if err != nil {
+			return err
+		}
+		ag.Revoked = revoked
+		if err := a.o.Store.UpsertAgent(ctx, ag); !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("mark agent %s: %w", id, store.ErrConflict)
+}
+
 func (a *API) revokeAgentCredentials(ctx context.Context, ag *store.Agent) error {
+	if err := a.setRevoked(ctx, ag.ID, true); err != nil {
+		return err
+	}
 	ts, err := a.o.Store.ListTokens(ctx, ag.ProjectID, store.TokenKind(token.KindAgent))
 	if err != nil {
 		return err

@@ -23,6 +23,21 @@ func (a *API) registerCredentials(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/keys/rotate", a.wrap(write, a.rotateKey))
 	mux.HandleFunc("POST /api/v1/keys/{kid}/retire", a.wrap(write, a.retireKey))
 	mux.HandleFunc("POST /api/v1/admin-tokens", a.wrap(write, a.createAdminToken))
+	mux.HandleFunc("POST /api/v1/projects/{project}/agents/{id}/readmit", a.wrap(write, a.readmitAgent))
+}
+
+// readmitAgent lets a revoked agent enroll again with a bootstrap token.
+func (a *API) readmitAgent(r *http.Request) (any, error) {
+	ag, err := a.agent(r)
+	if err != nil {
+		return nil, err
+	}
+	err = a.setRevoked(r.Context(), ag.ID, false)
+	a.audit(r, ag.ProjectID, "agent.readmit", ag.ID, err)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"id": ag.ID, "status": "readmitted"}, nil
 }
 
 func (a *API) createAdminToken(r *http.Request) (any, error) {

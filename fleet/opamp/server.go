@@ -545,6 +545,9 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		if existing.ProjectID != c.claims.ProjectID {
 			return nil, refusal("agent id is enrolled in another project")
 		}
+		if existing.Revoked {
+			return nil, refusal("this agent was revoked; an operator must re-admit it (POST .../agents/{id}/readmit) before it can enroll again")
+		}
 	case errors.Is(err, store.ErrNotFound):
 		if err := s.o.Store.UseToken(ctx, c.claims.ID, now); err != nil {
 			if errors.Is(err, store.ErrExhausted) {

@@ -67,6 +67,9 @@ type Agent struct {
 	PendingCredentialID string     `json:"pendingCredentialId,omitempty"`
 	RotationStatus      string     `json:"rotationStatus,omitempty"` // "", pending, rotated, failed
 	RotationError       string     `json:"rotationError,omitempty"`
+	// Revoked is set when an operator revoked the agent: its bootstrap
+	// token cannot enroll it again until it is re-admitted.
+	Revoked bool `json:"revoked,omitempty"`
 
 	ConfigHash      string `json:"configHash,omitempty"`   // hash the agent reports as applied or failed
 	ConfigStatus    string `json:"configStatus,omitempty"` // APPLYING | APPLIED | FAILED

@@ -122,6 +122,21 @@ func TestEnrollRestartRevoke(t *testing.T) {
 	fleettest.Eventually(t, 15*time.Second, "agent reports it must re-enroll", func() (bool, string) {
 		return strings.Contains(ag2.Log(), "must be re-enrolled"), ""
 	})
+	// Its bootstrap token does not bring a revoked agent back...
+	ag2.Stop()
+	ag3 := fleettest.StartAgent(t, ag.StateDir, "--fleet-address", f.URL, "--insecure", "--bootstrap-token", boot, "--node", "node-a", "--platform", "systemd")
+	fleettest.Eventually(t, 15*time.Second, "revoked agent refused re-enrollment", func() (bool, string) {
+		return strings.Contains(ag3.Log(), "this agent was revoked"), tail(ag3.Log(), 5)
+	})
+	if as := agents(t, f, project); as[0].Connected || !as[0].Revoked {
+		t.Fatalf("revoked agent re-enrolled with its bootstrap token: %+v", as[0])
+	}
+	// ...until an operator re-admits it.
+	if err := f.Client().Do(t.Context(), http.MethodPost, "/api/v1/projects/"+project+"/agents/"+a.ID+"/readmit", struct{}{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitConnected(t, f, project, a.ID, true, 20*time.Second)
+	ag3.Stop()
 
 	// Deleting the bootstrap token stops new enrollments with it.
 	var toks []*store.Token
