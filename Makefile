@@ -9,7 +9,7 @@ HTTP_ADDRESS ?= 127.0.0.1:8080
 TEST_TIMEOUT ?= 28m
 FUZZTIME ?= 10s
 
-.PHONY: all build run test setup vet lint unit fuzz bench generate clean
+.PHONY: all build run test setup vet lint unit fuzz bench generate clean image
 
 all: build
 
@@ -45,6 +45,11 @@ bench: build
 
 generate:
 	@bash test/generate.sh
+
+# Container images (deploy/images); without a Docker engine it prints the
+# docker build commands and fails. VERSION, REGISTRY, PLATFORMS, PUSH=1.
+image:
+	@VERSION=$(VERSION) bash deploy/images/build.sh
 
 clean:
 	rm -rf dist .cache
