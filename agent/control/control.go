@@ -333,7 +333,7 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 				c.mu.Unlock()
 				c.log.Info("connected to fleet", zap.String("url", c.wsURL))
 			},
-			OnConnectFailed:           c.onConnectFailed(tok),
+			OnConnectFailed: c.onConnectFailed(tok),
 			OnError: func(_ context.Context, e *protobufs.ServerErrorResponse) {
 				c.mu.Lock()
 				c.status.LastError = e.ErrorMessage
