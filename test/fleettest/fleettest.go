@@ -336,3 +336,11 @@ func Eventually(t testing.TB, d time.Duration, what string, cond func() (bool, s
 	}
 	t.Fatalf("%s: not true after %s (last: %s)", what, d, last)
 }
+
+// Pid returns the agent's process id.
+func (a *Agent) Pid() int {
+	if a.cmd == nil || a.cmd.Process == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}
