@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -143,7 +144,6 @@ type conn struct {
 	agentID   string
 	lastSeq   uint64
 	haveSeq   bool
-	known     *store.Agent // last record written
 	lastWrite time.Time
 	sendMu    sync.Mutex
 	// offered is set once a credential was offered on this connection, so
@@ -482,6 +482,12 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 		// the operator assigned.
 		for k, v := range a.Labels {
 			if _, fromAgent := labels[k]; !fromAgent || isTokenLabel(a, k) {
+				labels[k] = v
+			}
+		}
+		// Labels set in the console win, except over the well-known ones.
+		for k, v := range a.CustomLabels {
+			if !slices.Contains(store.WellKnownLabels, k) {
 				labels[k] = v
 			}
 		}

@@ -22,12 +22,11 @@ import (
 )
 
 type fixture struct {
-	srv   *Server
-	http  *httptest.Server
-	st    *sqlite.Store
-	boot  string
-	proj  string
-	agent string // an agent credential
+	srv  *Server
+	http *httptest.Server
+	st   *sqlite.Store
+	boot string
+	proj string
 }
 
 func newFixture(t testing.TB, o Options) *fixture {
