@@ -54,8 +54,9 @@ type Agent struct {
 	Platform     string            `json:"platform"` // kubernetes | systemd | host
 	Version      string            `json:"version"`
 	Labels       map[string]string `json:"labels"`
-	Description  map[string]string `json:"description,omitempty"` // identifying + non-identifying attributes
-	EnrolledWith string            `json:"enrolledWith"`          // bootstrap token id
+	CustomLabels map[string]string `json:"customLabels,omitempty"` // set in the console; merged into Labels
+	Description  map[string]string `json:"description,omitempty"`  // identifying + non-identifying attributes
+	EnrolledWith string            `json:"enrolledWith"`           // bootstrap token id
 
 	Connected bool      `json:"connected"`
 	LastSeen  time.Time `json:"lastSeen"`
@@ -82,6 +83,12 @@ type Agent struct {
 	// Version that is not the stored one fails with ErrConflict. 0 creates.
 	RowVersion int64 `json:"rowVersion"`
 }
+
+// WellKnownLabels are the selector labels the fleet derives from what an
+// agent reports (internal/describe). Agent.CustomLabels (set in the
+// console) win over the agent's and its token's own labels in
+// Agent.Labels, never over these.
+var WellKnownLabels = []string{"platform", "node", "cluster", "version", "os", "kernel", "hostname", "arch"}
 
 // AgentFilter narrows ListAgents. Zero fields match everything.
 type AgentFilter struct {
