@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -102,6 +103,8 @@ func Status(err error) (int, string) {
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrExhausted):
 		return http.StatusConflict, "conflict"
+	case errors.Is(err, store.ErrDiskFull), errors.Is(err, syscall.ENOSPC):
+		return http.StatusInsufficientStorage, "insufficient_storage"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable, "unavailable"
 	}
@@ -122,6 +125,9 @@ func WriteError(w http.ResponseWriter, log *zap.Logger, r *http.Request, err err
 	msg := err.Error()
 	if code >= 500 {
 		log.Error("api error", zap.String("path", r.URL.Path), zap.Error(err))
+		if code == http.StatusInsufficientStorage && !errors.Is(err, store.ErrDiskFull) {
+			msg = "fleet data disk is full: " + msg
+		}
 		if code == http.StatusInternalServerError {
 			msg = "internal error"
 		}
@@ -212,6 +218,7 @@ var userRoutes = map[string]bool{
 	"PUT /api/v1/orgs/{org}/members/{user}": true,
 	"GET /api/v1/users":                     true,
 	"POST /api/v1/users":                    true,
+	"GET /api/v1/releases":                  true, // release metadata, for the Versions page
 	"GET /api/v1/rollouts/{id}":             true,
 	"POST /api/v1/rollouts/{id}/pause":      true,
 	"POST /api/v1/rollouts/{id}/resume":     true,
@@ -333,6 +340,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/{id}/revoke", a.wrap(write, a.revokeAgent))
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/{id}/rotate", a.wrap(write, a.rotateAgent))
 	mux.HandleFunc("POST /api/v1/projects/{project}/agents/rotate-credentials", a.wrap(write, a.rotateBulk))
+	mux.HandleFunc("POST /api/v1/projects/{project}/agents/labels", a.wrap(write, a.setLabels))
 	mux.HandleFunc("GET /api/v1/audit", a.wrap(read, a.listAudit))
 	a.registerCredentials(mux)
 	a.registerConsole(mux)
