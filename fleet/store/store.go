@@ -14,6 +14,9 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrExhausted: a bootstrap token has no uses left.
 	ErrExhausted = errors.New("token has no uses left")
+	// ErrDiskFull: a write found no room left on the store's disk; it
+	// succeeds again once space is freed.
+	ErrDiskFull = errors.New("fleet data disk is full")
 )
 
 // Project groups tokens, agents, configs and profiles.

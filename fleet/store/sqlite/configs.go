@@ -30,12 +30,12 @@ func scanConfig(r scanner) (*store.ConfigVersion, error) {
 func (s *Store) CreateConfigVersion(ctx context.Context, c *store.ConfigVersion) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("create config version: %w", err)
+		return fmt.Errorf("create config version: %w", full(err))
 	}
 	defer tx.Rollback()
 	var next int
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) + 1 FROM config_versions WHERE project_id = ?`, c.ProjectID).Scan(&next); err != nil {
-		return fmt.Errorf("create config version: %w", err)
+		return fmt.Errorf("create config version: %w", full(err))
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO config_versions(`+configCols+`) VALUES (?,?,?,?,?,?,?)`,
 		c.ID, c.ProjectID, next, c.Hash, c.YAML, c.CreatedBy, ms(c.CreatedAt))
@@ -43,10 +43,10 @@ func (s *Store) CreateConfigVersion(ctx context.Context, c *store.ConfigVersion)
 		return fmt.Errorf("create config version %s: %w", c.Hash, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create config version: %w", err)
+		return fmt.Errorf("create config version: %w", full(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("create config version: %w", err)
+		return fmt.Errorf("create config version: %w", full(err))
 	}
 	c.Version = next
 	return nil
@@ -58,7 +58,7 @@ func (s *Store) ConfigVersionByID(ctx context.Context, id string) (*store.Config
 		return nil, fmt.Errorf("config version %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", err)
+		return nil, fmt.Errorf("get config version: %w", full(err))
 	}
 	return c, nil
 }
@@ -69,7 +69,7 @@ func (s *Store) ConfigVersionByHash(ctx context.Context, projectID, hash string)
 		return nil, fmt.Errorf("config version with hash %s: %w", hash, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", err)
+		return nil, fmt.Errorf("get config version: %w", full(err))
 	}
 	return c, nil
 }
@@ -77,14 +77,14 @@ func (s *Store) ConfigVersionByHash(ctx context.Context, projectID, hash string)
 func (s *Store) ListConfigVersions(ctx context.Context, projectID string) ([]*store.ConfigVersion, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? ORDER BY version DESC`, projectID)
 	if err != nil {
-		return nil, fmt.Errorf("list config versions: %w", err)
+		return nil, fmt.Errorf("list config versions: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.ConfigVersion
 	for rows.Next() {
 		c, err := scanConfig(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list config versions: %w", err)
+			return nil, fmt.Errorf("list config versions: %w", full(err))
 		}
 		out = append(out, c)
 	}
@@ -109,7 +109,7 @@ func (s *Store) AssignmentByAgent(ctx context.Context, agentID string) (*store.A
 		return nil, fmt.Errorf("assignment of agent %q: %w", agentID, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get assignment: %w", err)
+		return nil, fmt.Errorf("get assignment: %w", full(err))
 	}
 	return a, nil
 }
@@ -117,14 +117,14 @@ func (s *Store) AssignmentByAgent(ctx context.Context, agentID string) (*store.A
 func (s *Store) ListAssignments(ctx context.Context, projectID string) ([]*store.Assignment, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+assignCols+` FROM config_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
 	if err != nil {
-		return nil, fmt.Errorf("list assignments: %w", err)
+		return nil, fmt.Errorf("list assignments: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Assignment
 	for rows.Next() {
 		a, err := scanAssignment(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list assignments: %w", err)
+			return nil, fmt.Errorf("list assignments: %w", full(err))
 		}
 		out = append(out, a)
 	}
@@ -138,17 +138,17 @@ func (s *Store) SetAssignments(ctx context.Context, as []*store.Assignment) erro
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, full(err))
 	}
 	defer tx.Rollback()
 	if err := fn(tx); err != nil {
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		return fmt.Errorf("%s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, full(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return fmt.Errorf("%s: %w", what, full(err))
 	}
 	return nil
 }
@@ -248,7 +248,7 @@ func (s *Store) RolloutByID(ctx context.Context, id string) (*store.Rollout, err
 		return nil, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get rollout: %w", err)
+		return nil, fmt.Errorf("get rollout: %w", full(err))
 	}
 	return r, nil
 }
@@ -272,14 +272,14 @@ func (s *Store) ListRollouts(ctx context.Context, f store.RolloutFilter) ([]*sto
 	}
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id DESC`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list rollouts: %w", err)
+		return nil, fmt.Errorf("list rollouts: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Rollout
 	for rows.Next() {
 		r, err := scanRollout(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list rollouts: %w", err)
+			return nil, fmt.Errorf("list rollouts: %w", full(err))
 		}
 		out = append(out, r)
 	}
@@ -290,7 +290,7 @@ func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*sto
 	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, agent_id, stage, previous_config_id, state, error, updated_at
 		FROM rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
 	if err != nil {
-		return nil, fmt.Errorf("list rollout agents: %w", err)
+		return nil, fmt.Errorf("list rollout agents: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.RolloutAgent
@@ -298,7 +298,7 @@ func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*sto
 		a := &store.RolloutAgent{}
 		var upd int64
 		if err := rows.Scan(&a.RolloutID, &a.AgentID, &a.Stage, &a.PreviousConfigID, &a.State, &a.Error, &upd); err != nil {
-			return nil, fmt.Errorf("list rollout agents: %w", err)
+			return nil, fmt.Errorf("list rollout agents: %w", full(err))
 		}
 		a.UpdatedAt = fromMS(upd)
 		out = append(out, a)

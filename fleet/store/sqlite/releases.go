@@ -20,14 +20,14 @@ var _ store.Releases = (*Store)(nil)
 func (s *Store) CreateRelease(ctx context.Context, r *store.Release) error {
 	doc, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("encode release: %w", err)
+		return fmt.Errorf("encode release: %w", full(err))
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, ms(r.CreatedAt), string(doc))
 	if isUnique(err) {
 		return fmt.Errorf("release %s: %w", r.Version, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("insert release: %w", err)
+		return fmt.Errorf("insert release: %w", full(err))
 	}
 	return nil
 }
@@ -39,11 +39,11 @@ func (s *Store) ReleaseByVersion(ctx context.Context, version string) (*store.Re
 		return nil, fmt.Errorf("release %s: %w", version, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get release: %w", err)
+		return nil, fmt.Errorf("get release: %w", full(err))
 	}
 	var r store.Release
 	if err := json.Unmarshal([]byte(doc), &r); err != nil {
-		return nil, fmt.Errorf("decode release %s: %w", version, err)
+		return nil, fmt.Errorf("decode release %s: %w", version, full(err))
 	}
 	return &r, nil
 }
@@ -55,18 +55,18 @@ func (s *Store) ListReleases(ctx context.Context) ([]*store.Release, error) {
 func queryDocs[T any](ctx context.Context, db *sql.DB, q string, args ...any) ([]*T, error) {
 	rows, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("query: %w", err)
+		return nil, fmt.Errorf("query: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*T
 	for rows.Next() {
 		var doc string
 		if err := rows.Scan(&doc); err != nil {
-			return nil, fmt.Errorf("scan: %w", err)
+			return nil, fmt.Errorf("scan: %w", full(err))
 		}
 		v := new(T)
 		if err := json.Unmarshal([]byte(doc), v); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
+			return nil, fmt.Errorf("decode: %w", full(err))
 		}
 		out = append(out, v)
 	}
@@ -78,7 +78,7 @@ func (s *Store) CreateReleaseRollout(ctx context.Context, r *store.ReleaseRollou
 	cp.RowVersion = 1
 	doc, err := json.Marshal(&cp)
 	if err != nil {
-		return fmt.Errorf("encode release rollout: %w", err)
+		return fmt.Errorf("encode release rollout: %w", full(err))
 	}
 	err = s.inTx(ctx, "create release rollout", func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO release_rollouts(id, project_id, status, created_at, row_version, doc) VALUES (?,?,?,?,?,?)`,
@@ -111,7 +111,7 @@ func (s *Store) ReleaseRolloutByID(ctx context.Context, id string) (*store.Relea
 func queryReleaseRollouts(ctx context.Context, db *sql.DB, q string, args ...any) ([]*store.ReleaseRollout, error) {
 	rows, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("query release rollouts: %w", err)
+		return nil, fmt.Errorf("query release rollouts: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.ReleaseRollout
@@ -119,11 +119,11 @@ func queryReleaseRollouts(ctx context.Context, db *sql.DB, q string, args ...any
 		var doc string
 		var ver int64
 		if err := rows.Scan(&doc, &ver); err != nil {
-			return nil, fmt.Errorf("scan release rollout: %w", err)
+			return nil, fmt.Errorf("scan release rollout: %w", full(err))
 		}
 		var r store.ReleaseRollout
 		if err := json.Unmarshal([]byte(doc), &r); err != nil {
-			return nil, fmt.Errorf("decode release rollout: %w", err)
+			return nil, fmt.Errorf("decode release rollout: %w", full(err))
 		}
 		r.RowVersion = ver
 		out = append(out, &r)
@@ -156,7 +156,7 @@ func upsertReleaseRolloutAgents(ctx context.Context, tx *sql.Tx, as []*store.Rol
 	for _, a := range as {
 		doc, err := json.Marshal(a)
 		if err != nil {
-			return fmt.Errorf("encode rollout agent: %w", err)
+			return fmt.Errorf("encode rollout agent: %w", full(err))
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO release_rollout_agents(rollout_id, agent_id, stage, doc) VALUES (?,?,?,?)
 			ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage, doc = excluded.doc`, a.RolloutID, a.AgentID, a.Stage, string(doc)); err != nil {
@@ -170,7 +170,7 @@ func setReleaseAssignments(ctx context.Context, tx *sql.Tx, as []*store.ReleaseA
 	for _, a := range as {
 		doc, err := json.Marshal(a)
 		if err != nil {
-			return fmt.Errorf("encode release assignment: %w", err)
+			return fmt.Errorf("encode release assignment: %w", full(err))
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO release_assignments(agent_id, project_id, version, doc) VALUES (?,?,?,?)
 			ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, version = excluded.version, doc = excluded.doc`,
@@ -192,7 +192,7 @@ func (s *Store) ApplyReleaseRolloutChange(ctx context.Context, ch *store.Release
 			cp.RowVersion = r.RowVersion + 1
 			doc, err := json.Marshal(&cp)
 			if err != nil {
-				return fmt.Errorf("encode release rollout: %w", err)
+				return fmt.Errorf("encode release rollout: %w", full(err))
 			}
 			res, err := tx.ExecContext(ctx, `UPDATE release_rollouts SET status = ?, row_version = ?, doc = ? WHERE id = ? AND row_version = ?`,
 				r.Status, r.RowVersion+1, string(doc), r.ID, r.RowVersion)
@@ -249,7 +249,7 @@ func (s *Store) SetReleaseStatus(ctx context.Context, agentID, version, status, 
 		}
 		var a store.ReleaseAssignment
 		if err := json.Unmarshal([]byte(doc), &a); err != nil {
-			return fmt.Errorf("decode release assignment: %w", err)
+			return fmt.Errorf("decode release assignment: %w", full(err))
 		}
 		if a.Status == status && a.Error == errMsg {
 			return nil

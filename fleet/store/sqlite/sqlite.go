@@ -11,6 +11,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"modernc.org/sqlite"
@@ -42,7 +43,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", file, err)
+		return nil, fmt.Errorf("open %s: %w", file, full(err))
 	}
 	db.SetMaxOpenConns(8)
 	s := &Store{db: db}
@@ -61,11 +62,11 @@ func (s *Store) DB() *sql.DB { return s.db }
 
 func (s *Store) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
-		return fmt.Errorf("create migrations table: %w", err)
+		return fmt.Errorf("create migrations table: %w", full(err))
 	}
 	names, err := fs.Glob(migrations, "migrations/*.sql")
 	if err != nil {
-		return fmt.Errorf("list migrations: %w", err)
+		return fmt.Errorf("list migrations: %w", full(err))
 	}
 	sort.Strings(names)
 	for _, n := range names {
@@ -76,26 +77,26 @@ func (s *Store) migrate(ctx context.Context) error {
 			continue
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("check migration %s: %w", v, err)
+			return fmt.Errorf("check migration %s: %w", v, full(err))
 		}
 		body, err := migrations.ReadFile(n)
 		if err != nil {
-			return fmt.Errorf("read migration %s: %w", v, err)
+			return fmt.Errorf("read migration %s: %w", v, full(err))
 		}
 		tx, err := s.db.BeginTx(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("migration %s: %w", v, err)
+			return fmt.Errorf("migration %s: %w", v, full(err))
 		}
 		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 			tx.Rollback()
-			return fmt.Errorf("migration %s: %w", v, err)
+			return fmt.Errorf("migration %s: %w", v, full(err))
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES (?, ?)`, v, time.Now().Unix()); err != nil {
 			tx.Rollback()
-			return fmt.Errorf("migration %s: %w", v, err)
+			return fmt.Errorf("migration %s: %w", v, full(err))
 		}
 		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("migration %s: %w", v, err)
+			return fmt.Errorf("migration %s: %w", v, full(err))
 		}
 	}
 	return nil
@@ -108,6 +109,26 @@ func isUnique(err error) bool {
 		return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
 	}
 	return false
+}
+
+// diskFull marks an error of a full disk so that it matches
+// store.ErrDiskFull, keeping the driver's error in the chain.
+type diskFull struct{ err error }
+
+func (d diskFull) Error() string   { return "fleet data disk is full: " + d.err.Error() }
+func (d diskFull) Unwrap() []error { return []error{store.ErrDiskFull, d.err} }
+
+// full returns err marked as store.ErrDiskFull when SQLite or the kernel
+// says there is no room left (SQLITE_FULL, ENOSPC, EDQUOT), else err.
+func full(err error) error {
+	if err == nil || errors.Is(err, store.ErrDiskFull) {
+		return err
+	}
+	var se *sqlite.Error
+	if (errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_FULL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return diskFull{err}
+	}
+	return err
 }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
@@ -137,7 +158,7 @@ func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
 		return fmt.Errorf("create project %q: %w", p.Name, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create project: %w", err)
+		return fmt.Errorf("create project: %w", full(err))
 	}
 	return nil
 }
@@ -150,7 +171,7 @@ func (s *Store) ProjectByID(ctx context.Context, id string) (*store.Project, err
 		return nil, fmt.Errorf("project %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get project: %w", err)
+		return nil, fmt.Errorf("get project: %w", full(err))
 	}
 	p.CreatedAt = fromMS(created)
 	return p, nil
@@ -159,7 +180,7 @@ func (s *Store) ProjectByID(ctx context.Context, id string) (*store.Project, err
 func (s *Store) ListProjects(ctx context.Context) ([]*store.Project, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM projects ORDER BY created_at, name`)
 	if err != nil {
-		return nil, fmt.Errorf("list projects: %w", err)
+		return nil, fmt.Errorf("list projects: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Project
@@ -167,7 +188,7 @@ func (s *Store) ListProjects(ctx context.Context) ([]*store.Project, error) {
 		p := &store.Project{}
 		var created int64
 		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
-			return nil, fmt.Errorf("list projects: %w", err)
+			return nil, fmt.Errorf("list projects: %w", full(err))
 		}
 		p.CreatedAt = fromMS(created)
 		out = append(out, p)
@@ -188,7 +209,7 @@ func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 		return fmt.Errorf("create token %q: %w", t.ID, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create token: %w", err)
+		return fmt.Errorf("create token: %w", full(err))
 	}
 	return nil
 }
@@ -206,7 +227,7 @@ func scanToken(r scanner) (*store.Token, error) {
 	}
 	t.Kind = store.TokenKind(kind)
 	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
-		return nil, fmt.Errorf("token %s labels: %w", t.ID, err)
+		return nil, fmt.Errorf("token %s labels: %w", t.ID, full(err))
 	}
 	t.CreatedAt = fromMS(created)
 	t.ExpiresAt, t.LastUsedAt, t.RevokedAt = fromNull(exp), fromNull(used), fromNull(revoked)
@@ -219,7 +240,7 @@ func (s *Store) TokenByID(ctx context.Context, id string) (*store.Token, error) 
 		return nil, fmt.Errorf("token %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get token: %w", err)
+		return nil, fmt.Errorf("get token: %w", full(err))
 	}
 	return t, nil
 }
@@ -233,14 +254,14 @@ func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.Tok
 	}
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
+		return nil, fmt.Errorf("list tokens: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Token
 	for rows.Next() {
 		t, err := scanToken(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list tokens: %w", err)
+			return nil, fmt.Errorf("list tokens: %w", full(err))
 		}
 		out = append(out, t)
 	}
@@ -250,7 +271,7 @@ func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.Tok
 func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
 	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
+		return fmt.Errorf("revoke token: %w", full(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("revoke token %q: %w", id, store.ErrNotFound)
@@ -261,14 +282,14 @@ func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error 
 func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?`, ms(t))
 	if err != nil {
-		return nil, fmt.Errorf("list revoked: %w", err)
+		return nil, fmt.Errorf("list revoked: %w", full(err))
 	}
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("list revoked: %w", err)
+			return nil, fmt.Errorf("list revoked: %w", full(err))
 		}
 		out = append(out, id)
 	}
@@ -278,7 +299,7 @@ func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error)
 func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
 	if err != nil {
-		return fmt.Errorf("use token: %w", err)
+		return fmt.Errorf("use token: %w", full(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		if _, err := s.TokenByID(ctx, id); err != nil {
@@ -291,7 +312,7 @@ func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
 
 func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
 	if _, err := s.db.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
-		return fmt.Errorf("touch token: %w", err)
+		return fmt.Errorf("touch token: %w", full(err))
 	}
 	return nil
 }
@@ -310,7 +331,7 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	doc, err := json.Marshal(a)
 	if err != nil {
 		a.RowVersion = prev
-		return fmt.Errorf("encode agent: %w", err)
+		return fmt.Errorf("encode agent: %w", full(err))
 	}
 	var res sql.Result
 	if prev == 0 {
@@ -324,7 +345,7 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	}
 	if err != nil {
 		a.RowVersion = prev
-		return fmt.Errorf("upsert agent: %w", err)
+		return fmt.Errorf("upsert agent: %w", full(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		a.RowVersion = prev
@@ -336,7 +357,7 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 func decodeAgent(doc string, ver int64) (*store.Agent, error) {
 	a := &store.Agent{}
 	if err := json.Unmarshal([]byte(doc), a); err != nil {
-		return nil, fmt.Errorf("decode agent: %w", err)
+		return nil, fmt.Errorf("decode agent: %w", full(err))
 	}
 	a.RowVersion = ver
 	return a, nil
@@ -350,7 +371,7 @@ func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) 
 		return nil, fmt.Errorf("agent %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get agent: %w", err)
+		return nil, fmt.Errorf("get agent: %w", full(err))
 	}
 	return decodeAgent(doc, ver)
 }
@@ -364,7 +385,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	}
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list agents: %w", err)
+		return nil, fmt.Errorf("list agents: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Agent
@@ -372,7 +393,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 		var doc string
 		var ver int64
 		if err := rows.Scan(&doc, &ver); err != nil {
-			return nil, fmt.Errorf("list agents: %w", err)
+			return nil, fmt.Errorf("list agents: %w", full(err))
 		}
 		a, err := decodeAgent(doc, ver)
 		if err != nil {
@@ -388,7 +409,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 func (s *Store) MarkAllDisconnected(ctx context.Context) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1`)
 	if err != nil {
-		return fmt.Errorf("mark agents disconnected: %w", err)
+		return fmt.Errorf("mark agents disconnected: %w", full(err))
 	}
 	return nil
 }
@@ -401,7 +422,7 @@ func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?)`, ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result)
 	if err != nil {
-		return fmt.Errorf("append audit: %w", err)
+		return fmt.Errorf("append audit: %w", full(err))
 	}
 	e.ID, _ = res.LastInsertId()
 	return nil
@@ -420,7 +441,7 @@ func (s *Store) ListAudit(ctx context.Context, projectID string, limit int) ([]*
 	args = append(args, limit)
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC LIMIT ?`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list audit: %w", err)
+		return nil, fmt.Errorf("list audit: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.AuditEntry
@@ -428,7 +449,7 @@ func (s *Store) ListAudit(ctx context.Context, projectID string, limit int) ([]*
 		e := &store.AuditEntry{}
 		var t int64
 		if err := rows.Scan(&e.ID, &t, &e.Actor, &e.ProjectID, &e.Action, &e.Target, &e.Result); err != nil {
-			return nil, fmt.Errorf("list audit: %w", err)
+			return nil, fmt.Errorf("list audit: %w", full(err))
 		}
 		e.Time = fromMS(t)
 		out = append(out, e)

@@ -20,7 +20,7 @@ func (s *Store) CreateOrg(ctx context.Context, o *store.Org) error {
 		return fmt.Errorf("create organization %q: %w", o.Name, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create organization: %w", err)
+		return fmt.Errorf("create organization: %w", full(err))
 	}
 	return nil
 }
@@ -33,7 +33,7 @@ func (s *Store) OrgByID(ctx context.Context, id string) (*store.Org, error) {
 		return nil, fmt.Errorf("organization %q: %w", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get organization: %w", err)
+		return nil, fmt.Errorf("get organization: %w", full(err))
 	}
 	o.CreatedAt = fromMS(created)
 	return o, nil
@@ -42,7 +42,7 @@ func (s *Store) OrgByID(ctx context.Context, id string) (*store.Org, error) {
 func (s *Store) ListOrgs(ctx context.Context) ([]*store.Org, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM orgs ORDER BY created_at, name`)
 	if err != nil {
-		return nil, fmt.Errorf("list organizations: %w", err)
+		return nil, fmt.Errorf("list organizations: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.Org
@@ -50,7 +50,7 @@ func (s *Store) ListOrgs(ctx context.Context) ([]*store.Org, error) {
 		o := &store.Org{}
 		var created int64
 		if err := rows.Scan(&o.ID, &o.Name, &created); err != nil {
-			return nil, fmt.Errorf("list organizations: %w", err)
+			return nil, fmt.Errorf("list organizations: %w", full(err))
 		}
 		o.CreatedAt = fromMS(created)
 		out = append(out, o)
@@ -68,7 +68,7 @@ func (s *Store) SetProjectOrg(ctx context.Context, projectID, orgID string) erro
 	_, err := s.db.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
 		ON CONFLICT(project_id) DO UPDATE SET org_id = excluded.org_id`, projectID, orgID)
 	if err != nil {
-		return fmt.Errorf("set project organization: %w", err)
+		return fmt.Errorf("set project organization: %w", full(err))
 	}
 	return nil
 }
@@ -76,14 +76,14 @@ func (s *Store) SetProjectOrg(ctx context.Context, projectID, orgID string) erro
 func (s *Store) ProjectOrgs(ctx context.Context) (map[string]string, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT project_id, org_id FROM org_projects`)
 	if err != nil {
-		return nil, fmt.Errorf("list project organizations: %w", err)
+		return nil, fmt.Errorf("list project organizations: %w", full(err))
 	}
 	defer rows.Close()
 	out := map[string]string{}
 	for rows.Next() {
 		var p, o string
 		if err := rows.Scan(&p, &o); err != nil {
-			return nil, fmt.Errorf("list project organizations: %w", err)
+			return nil, fmt.Errorf("list project organizations: %w", full(err))
 		}
 		out[p] = o
 	}
@@ -101,7 +101,7 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 		return fmt.Errorf("create user %q: %w", u.Name, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create user: %w", err)
+		return fmt.Errorf("create user: %w", full(err))
 	}
 	return nil
 }
@@ -124,7 +124,7 @@ func (s *Store) userWhere(ctx context.Context, col, v string) (*store.User, erro
 		return nil, fmt.Errorf("user: %w", store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get user: %w", err)
+		return nil, fmt.Errorf("get user: %w", full(err))
 	}
 	return u, nil
 }
@@ -140,14 +140,14 @@ func (s *Store) UserByKeyHash(ctx context.Context, hash string) (*store.User, er
 func (s *Store) ListUsers(ctx context.Context) ([]*store.User, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+userCols+` FROM users ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("list users: %w", err)
+		return nil, fmt.Errorf("list users: %w", full(err))
 	}
 	defer rows.Close()
 	var out []*store.User
 	for rows.Next() {
 		u, err := scanUser(rows)
 		if err != nil {
-			return nil, fmt.Errorf("list users: %w", err)
+			return nil, fmt.Errorf("list users: %w", full(err))
 		}
 		out = append(out, u)
 	}
@@ -157,31 +157,31 @@ func (s *Store) ListUsers(ctx context.Context) ([]*store.User, error) {
 func (s *Store) DeleteUser(ctx context.Context, id string) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("delete user: %w", err)
+		return fmt.Errorf("delete user: %w", full(err))
 	}
 	defer tx.Rollback()
 	res, err := tx.ExecContext(ctx, `DELETE FROM users WHERE id = ?`, id)
 	if err != nil {
-		return fmt.Errorf("delete user: %w", err)
+		return fmt.Errorf("delete user: %w", full(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("user %q: %w", id, store.ErrNotFound)
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ?`, id); err != nil {
-		return fmt.Errorf("delete user memberships: %w", err)
+		return fmt.Errorf("delete user memberships: %w", full(err))
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE kind = 'user' AND subject = ?`, id); err != nil {
-		return fmt.Errorf("delete user sessions: %w", err)
+		return fmt.Errorf("delete user sessions: %w", full(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("delete user: %w", err)
+		return fmt.Errorf("delete user: %w", full(err))
 	}
 	return nil
 }
 
 func (s *Store) TouchUser(ctx context.Context, id string, at time.Time) error {
 	if _, err := s.db.ExecContext(ctx, `UPDATE users SET last_login_at = ? WHERE id = ?`, ms(at), id); err != nil {
-		return fmt.Errorf("touch user: %w", err)
+		return fmt.Errorf("touch user: %w", full(err))
 	}
 	return nil
 }
@@ -191,7 +191,7 @@ func (s *Store) TouchUser(ctx context.Context, id string, at time.Time) error {
 func (s *Store) SetMembership(ctx context.Context, m store.Membership) error {
 	if m.Role == store.RoleNone {
 		if _, err := s.db.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ? AND org_id = ?`, m.UserID, m.OrgID); err != nil {
-			return fmt.Errorf("remove membership: %w", err)
+			return fmt.Errorf("remove membership: %w", full(err))
 		}
 		return nil
 	}
@@ -204,7 +204,7 @@ func (s *Store) SetMembership(ctx context.Context, m store.Membership) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO memberships(user_id, org_id, role) VALUES (?, ?, ?)
 		ON CONFLICT(user_id, org_id) DO UPDATE SET role = excluded.role`, m.UserID, m.OrgID, string(m.Role))
 	if err != nil {
-		return fmt.Errorf("set membership: %w", err)
+		return fmt.Errorf("set membership: %w", full(err))
 	}
 	return nil
 }
@@ -218,7 +218,7 @@ func (s *Store) Memberships(ctx context.Context, userID string) ([]store.Members
 	}
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY user_id, org_id`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list memberships: %w", err)
+		return nil, fmt.Errorf("list memberships: %w", full(err))
 	}
 	defer rows.Close()
 	var out []store.Membership
@@ -226,7 +226,7 @@ func (s *Store) Memberships(ctx context.Context, userID string) ([]store.Members
 		var m store.Membership
 		var role string
 		if err := rows.Scan(&m.UserID, &m.OrgID, &role); err != nil {
-			return nil, fmt.Errorf("list memberships: %w", err)
+			return nil, fmt.Errorf("list memberships: %w", full(err))
 		}
 		m.Role = store.Role(role)
 		out = append(out, m)
@@ -239,7 +239,7 @@ func (s *Store) Memberships(ctx context.Context, userID string) ([]store.Members
 func (s *Store) CreateSession(ctx context.Context, se *store.Session) error {
 	// Expired sessions go on every sign-in, which keeps the table small.
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, ms(se.CreatedAt)); err != nil {
-		return fmt.Errorf("expire sessions: %w", err)
+		return fmt.Errorf("expire sessions: %w", full(err))
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
 		se.ID, se.CSRF, se.Kind, se.Subject, se.Name, ms(se.CreatedAt), ms(se.ExpiresAt))
@@ -247,7 +247,7 @@ func (s *Store) CreateSession(ctx context.Context, se *store.Session) error {
 		return fmt.Errorf("create session: %w", store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create session: %w", err)
+		return fmt.Errorf("create session: %w", full(err))
 	}
 	return nil
 }
@@ -261,7 +261,7 @@ func (s *Store) SessionByID(ctx context.Context, id string, now time.Time) (*sto
 		return nil, fmt.Errorf("session: %w", store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get session: %w", err)
+		return nil, fmt.Errorf("get session: %w", full(err))
 	}
 	se.CreatedAt, se.ExpiresAt = fromMS(created), fromMS(expires)
 	return se, nil
@@ -269,7 +269,7 @@ func (s *Store) SessionByID(ctx context.Context, id string, now time.Time) (*sto
 
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
-		return fmt.Errorf("delete session: %w", err)
+		return fmt.Errorf("delete session: %w", full(err))
 	}
 	return nil
 }
