@@ -137,13 +137,19 @@ int sample(struct bpf_perf_event_data *ctx)
 	bool one = slot && *slot;
 
 	/* Kernel threads have no user stack: that call returns -EFAULT at
-	 * once, cheaper than finding out from task_struct. */
-	long kid, uid;
+	 * once, cheaper than finding out from task_struct. A sample that
+	 * interrupted user mode has no kernel stack: the kernel would walk
+	 * nothing and return -EFAULT, so don't ask (most samples of busy
+	 * user code). */
+	bool user = USER_MODE(&ctx->regs);
+	long kid = -EFAULT, uid;
 	if (one) {
-		kid = bpf_get_stackid(ctx, &stacks1, 0);
+		if (!user)
+			kid = bpf_get_stackid(ctx, &stacks1, 0);
 		uid = bpf_get_stackid(ctx, &stacks1, BPF_F_USER_STACK);
 	} else {
-		kid = bpf_get_stackid(ctx, &stacks0, 0);
+		if (!user)
+			kid = bpf_get_stackid(ctx, &stacks0, 0);
 		uid = bpf_get_stackid(ctx, &stacks0, BPF_F_USER_STACK);
 	}
 	note_stack_err(kid);

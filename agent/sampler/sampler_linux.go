@@ -318,13 +318,20 @@ func (s *Sampler) Run(ctx context.Context, out func(*Window)) error {
 }
 
 // readNewPIDs forwards new-process notifications to OnNewPID until ctx ends.
+// It sleeps in the kernel until a record arrives (no polling timer): when
+// ctx ends, a flush of the ring buffer wakes it up.
 func (s *Sampler) readNewPIDs(ctx context.Context) {
 	var rec ringbuf.Record
-	for ctx.Err() == nil {
-		s.rb.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	s.rb.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = s.rb.Flush() })
+	defer stop()
+	for {
 		if err := s.rb.ReadInto(&rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
+			if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				if ctx.Err() != nil {
+					return
+				}
+				continue // a flush left over from an earlier Run
 			}
 			if !errors.Is(err, ringbuf.ErrClosed) {
 				s.log.Warn("read new-pid ring buffer", zap.Error(err))

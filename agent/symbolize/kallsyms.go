@@ -47,8 +47,15 @@ func ParseKallsyms(r io.Reader) (*Kallsyms, error) {
 		addr uint64
 		off  uint32
 	}
-	syms := make([]sym, 0, 1<<17)
-	names := make([]byte, 0, 4<<20)
+	syms := make([]sym, 0, 1<<16)
+	names := make([]byte, 0, 2<<20)
+	// Kernels built with call padding put a "__pfx_<fn>" (or, with kCFI,
+	// "__cfi_<fn>") symbol on the padding right before each function:
+	// half of all text symbols. The padding is stored under the
+	// function's own name and the function then needs no entry of its
+	// own, which halves the table and attributes the padding correctly.
+	pending := -1     // index in syms of the last padding symbol
+	var merged uint64 // address of the last function merged into one
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -70,8 +77,15 @@ func ParseKallsyms(r io.Reader) (*Kallsyms, error) {
 		if addr == 0 {
 			continue
 		}
+		if addr == merged {
+			continue // an alias of a function merged with its padding
+		}
 		name := line[sp+3:]
-		syms = append(syms, sym{addr: addr, off: uint32(len(names))})
+		pad := bytes.HasPrefix(name, []byte("__pfx_")) || bytes.HasPrefix(name, []byte("__cfi_"))
+		if pad {
+			name = name[len("__pfx_"):]
+		}
+		off := len(names)
 		if tab := bytes.IndexByte(name, '\t'); tab >= 0 {
 			// Keep the module in brackets: "name [module]".
 			names = append(names, name[:tab]...)
@@ -80,6 +94,19 @@ func ParseKallsyms(r io.Reader) (*Kallsyms, error) {
 		} else {
 			names = append(names, name...)
 		}
+		if !pad && pending >= 0 {
+			p := syms[pending]
+			pending = -1
+			if p.addr < addr && bytes.Equal(names[p.off:off], names[off:]) {
+				names = names[:off]
+				merged = addr
+				continue
+			}
+		}
+		if pad {
+			pending = len(syms)
+		}
+		syms = append(syms, sym{addr: addr, off: uint32(off)})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read kallsyms: %w", err)

@@ -57,6 +57,48 @@ ffffffff81400000 b some_bss
 	}
 }
 
+func TestParseKallsymsPadding(t *testing.T) {
+	// Call padding (__pfx_) and kCFI (__cfi_) symbols right before their
+	// function merge with it: one entry per function, padding included.
+	const text = `ffffffff81000000 T _stext
+ffffffff81000ff0 t __pfx_helper_a
+ffffffff81001000 t helper_a
+ffffffff81001000 T alias_a
+ffffffff81001ff0 T __cfi_cfi_fn
+ffffffff81002000 T cfi_fn
+ffffffff81002ff0 t __pfx_lonely
+ffffffff81003000 T other
+ffffffffc0000ff0 t __pfx_mod_fn	[nf_tables]
+ffffffffc0001000 t mod_fn	[nf_tables]
+`
+	k, err := ParseKallsyms(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		addr uint64
+		want string
+	}{
+		{0xffffffff81000fef, "_stext"},
+		{0xffffffff81000ff0, "helper_a"}, // the padding
+		{0xffffffff81001000, "helper_a"}, // first of two at one address
+		{0xffffffff81001100, "helper_a"},
+		{0xffffffff81001ff8, "cfi_fn"},
+		{0xffffffff81002010, "cfi_fn"},
+		{0xffffffff81002ff4, "lonely"}, // padding without its function
+		{0xffffffff81003004, "other"},
+		{0xffffffffc0000ff8, "mod_fn [nf_tables]"},
+		{0xffffffffc0001010, "mod_fn [nf_tables]"},
+	} {
+		if got, _ := k.Lookup(tc.addr); got != tc.want {
+			t.Errorf("Lookup(%#x) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+	if k.Len() != 6 {
+		t.Errorf("Len = %d, want 6 (padding merged with its function)", k.Len())
+	}
+}
+
 func TestParseMaps(t *testing.T) {
 	const text = `55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1234                       /usr/bin/prog
 55d0c0a01000-55d0c0a02000 r-xp 00001000 08:01 1234                       /usr/bin/prog

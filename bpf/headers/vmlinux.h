@@ -49,8 +49,36 @@ enum {
 	BPF_F_USER_BUILD_ID = 2048,
 };
 
-/* Context of perf_event programs; profile.c does not read it. */
+/* Registers of the interrupted context (UAPI bpf_user_pt_regs_t; its
+ * layout is fixed per architecture, and ctx reads of it are rewritten by
+ * the verifier, so no CO-RE is needed). Only the mode bits are read. */
+#if defined(__TARGET_ARCH_x86)
+struct bpf_user_pt_regs {
+	/* struct pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di
+	 * orig_ax ip, then cs (its low two bits: the privilege level). */
+	__u64 before_cs[17];
+	__u64 cs;
+	__u64 flags;
+	__u64 sp;
+	__u64 ss;
+};
+#define USER_MODE(regs) (((regs)->cs & 3) == 3)
+#elif defined(__TARGET_ARCH_arm64)
+struct bpf_user_pt_regs {
+	/* struct user_pt_regs; pstate bits 0-3: the exception level. */
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#define USER_MODE(regs) (((regs)->pstate & 0xf) == 0)
+#else
+#error "profile.c: unsupported target architecture"
+#endif
+
+/* Context of perf_event programs. */
 struct bpf_perf_event_data {
+	struct bpf_user_pt_regs regs;
 	__u64 sample_period;
 	__u64 addr;
 };

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,27 @@ func main() {
 	}
 }
 
+// defaultGCPercent is the agent's Go GC target (GOGC) unless $GOGC or
+// --gc-percent says otherwise: the heap may grow 50% over the live heap
+// between collections instead of Go's 100%. The agent's live heap is a few
+// MiB and it allocates little between windows, so this keeps the resident
+// set about a quarter smaller for a negligible amount of CPU.
+const defaultGCPercent = 50
+
+// applyMemoryPolicy sets the GC target and the soft memory limit. An
+// explicit flag wins, then $GOGC / $GOMEMLIMIT, then the defaults (GC at
+// defaultGCPercent, no limit).
+func applyMemoryPolicy(fs *flag.FlagSet, gcPercent, memoryLimitMiB int) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["gc-percent"] || os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+	if memoryLimitMiB > 0 {
+		debug.SetMemoryLimit(int64(memoryLimitMiB) << 20)
+	}
+}
+
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
@@ -58,6 +80,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o agent.Options
 	var units listFlag
 	var level, tokenFile, labels string
+	var gcPercent, memoryLimitMiB int
+	fs.IntVar(&gcPercent, "gc-percent", defaultGCPercent, "Go GC target in percent of heap growth over the live heap (like GOGC; $GOGC applies when this flag is not given); lower: smaller RSS, a little more CPU")
+	fs.IntVar(&memoryLimitMiB, "memory-limit-mib", 0, "soft Go memory limit in MiB (like GOMEMLIMIT); 0 leaves $GOMEMLIMIT or no limit")
 	var showVersion bool
 	_, inCluster := os.LookupEnv("KUBERNETES_SERVICE_HOST")
 	fs.StringVar(&o.Node, "node", os.Getenv("NODE_NAME"), "node name (default: $NODE_NAME or the hostname)")
@@ -87,6 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "fleetprof-agent", version.Version)
 		return nil
 	}
+	applyMemoryPolicy(fs, gcPercent, memoryLimitMiB)
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}

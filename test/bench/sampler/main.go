@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -49,6 +50,7 @@ func main() {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this program here")
 	memProfile := flag.String("memprofile", "", "write an allocation profile of this program here")
 	report := flag.Bool("report", false, "print the markdown section from the idle start-up seconds and result JSON files (arguments)")
+	gcPercent := flag.Int("gc-percent", 50, "Go GC target, as the agent's --gc-percent default (50)")
 	startupOnly := flag.Bool("startup", false, "only start up (builder, kernel symbols, BPF load and attach), print the seconds it took and exit")
 	flag.Parse()
 	if *report {
@@ -58,6 +60,7 @@ func main() {
 		}
 		return
 	}
+	debug.SetGCPercent(*gcPercent)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err == nil {
