@@ -39,14 +39,33 @@ func TestKillDuringEnrollment(t *testing.T) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
 	var credentials atomic.Int64
+	quarter := make(chan struct{})
 	ids := map[string]bool{}
 	dir := t.TempDir()
+	// Kill as soon as a quarter has enrolled: some agents then hold a
+	// proven credential, some a pending offer, some are mid-handshake and
+	// some have not dialled yet.
+	killed := make(chan int64, 1)
+	go func() {
+		select {
+		case <-quarter:
+			f.Kill()
+			killed <- credentials.Load()
+		case <-ctx.Done():
+		}
+	}()
 	for i := range n {
 		var once sync.Once
 		c, err := control.New(control.Options{
 			FleetURL: f.URL, BootstrapToken: boot, StateDir: filepath.Join(dir, fmt.Sprint(i)),
 			Description: describe.Agent{Version: "fault", Hostname: fmt.Sprintf("fault-%d", i), Platform: "systemd", OS: "linux"},
-			Callbacks:   control.Callbacks{OnCredential: func(string) { once.Do(func() { credentials.Add(1) }) }},
+			Callbacks: control.Callbacks{OnCredential: func(string) {
+				once.Do(func() {
+					if credentials.Add(1) == n/4 {
+						close(quarter)
+					}
+				})
+			}},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -54,18 +73,18 @@ func TestKillDuringEnrollment(t *testing.T) {
 		ids[c.InstanceID()] = true
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = c.Run(ctx) }()
-		if i%50 == 49 {
-			time.Sleep(20 * time.Millisecond) // a storm, not one burst of 500 dials
+		if i%25 == 24 {
+			time.Sleep(50 * time.Millisecond) // a storm over ~1 s, not one burst of 500 dials
 		}
 	}
 	// Kill once part of the fleet has enrolled: some agents hold a proven
 	// credential, some a pending offer, some are mid-handshake.
-	fleettest.Eventually(t, 60*time.Second, "a share of the agents enrolled", func() (bool, string) {
-		c := credentials.Load()
-		return c >= n/5, fmt.Sprintf("%d of %d hold a credential", c, n)
-	})
-	atKill := credentials.Load()
-	f.Kill()
+	var atKill int64
+	select {
+	case atKill = <-killed:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("only %d of %d agents enrolled in 60s", credentials.Load(), n)
+	}
 	t.Logf("fleet SIGKILLed with %d of %d agents holding a credential", atKill, n)
 	if atKill == n {
 		t.Fatalf("all %d agents enrolled before the kill: the test did not kill during enrollment", n)
