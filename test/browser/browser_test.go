@@ -82,8 +82,10 @@ func writePprof(t *testing.T, path string) {
 }
 
 // TestConsole signs in, creates and deletes tokens, enrolls the real
-// agent, watches it live, rotates it, reads a flame graph, checks the
-// audit log and the viewer role: all through the console in Chromium.
+// agent, watches it live, labels it (bulk action) and filters by the
+// label, rotates it, counts it on the Versions page and rolls out a
+// release, reads a flame graph, checks the audit log and the viewer role:
+// all through the console in Chromium.
 // FLEETPROF_UPDATE_SCREENSHOTS=1 writes the screenshots to
 // docs/screenshots (else to a temporary directory).
 func TestConsole(t *testing.T) {

@@ -233,6 +233,25 @@ async function main() {
       await page.locator(`tr[data-agent="${agentId}"]`).waitFor();
     });
 
+    await step('bulk action: assign a label to the selected agent; the selector filter finds it', async () => {
+      await page.locator(`tr[data-agent="${agentId}"] input[type=checkbox]`).check();
+      await page.click('#agents-assign-labels');
+      await page.locator('#labels-dialog').waitFor();
+      assert((await unlabeled(page)).length === 0, 'labels dialog inputs are labelled: ' + (await unlabeled(page)).join(' | '));
+      await page.fill('#labels-set', 'platform=k8s');
+      await page.getByRole('button', { name: 'Apply labels' }).click();
+      await page.locator('#labels-set-error', { hasText: 'platform' }).waitFor();
+      await page.fill('#labels-set', 'tier=gold, team=web'); // team=web overrides the token's team=perf
+      await page.getByRole('button', { name: 'Apply labels' }).click();
+      await page.locator(`tr[data-agent="${agentId}"] .chip.custom[data-custom="tier"]`).waitFor();
+      await page.fill('#agents-selector', 'tier=silver');
+      await page.keyboard.press('Enter');
+      await page.getByText('No agents match').waitFor();
+      await page.fill('#agents-selector', 'tier=gold');
+      await page.keyboard.press('Enter');
+      await page.locator(`tr[data-agent="${agentId}"]`).getByText('tier=gold').waitFor();
+    });
+
     await step('agent page: details, rotate credentials', async () => {
       await page.locator(`tr[data-agent="${agentId}"] a`).first().click();
       await page.getByRole('heading', { name: 'Credential' }).waitFor();
@@ -245,6 +264,12 @@ async function main() {
         const dd = document.querySelector('#agent-credential');
         return dd && dd.textContent !== b && document.querySelector('#agent-rotation .badge.ok');
       }, before, { timeout: 30000 });
+      // The custom labels outlive the agent's new description (it reconnected with its new
+      // credential) and still win over its token's label.
+      await page.reload();
+      await page.locator('#agent-labels .chip.custom[data-custom="tier"]', { hasText: 'tier=gold' }).waitFor();
+      await page.locator('#agent-labels .chip.custom[data-custom="team"]', { hasText: 'team=web' }).waitFor();
+      await page.evaluate(() => document.querySelector('.toasts')?.remove());
       await shot(page, 'agent');
     });
 
@@ -275,6 +300,31 @@ async function main() {
       await page.locator('#rollout-stages tr[data-stage="0"] td.applied-count', { hasText: '1' }).waitFor({ timeout: 40000 });
       await page.locator('#rollout-status .badge.completed').waitFor({ timeout: 30000 });
       await shot(page, 'rollout');
+    });
+
+    await step('versions page: the agent counted under its version and platform; roll out a release', async () => {
+      // A fleet admin uploads a release (junk bytes: the rollout below targets no agent).
+      const up = await page.evaluate(async () => {
+        const s = await (await fetch('/api/v1/session')).json();
+        const r = await fetch('/api/v1/releases?version=v9.9.9-browser&platform=linux/amd64', { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'X-CSRF-Token': s.data.csrf }, body: 'not really an agent' });
+        return r.status;
+      });
+      assert(up === 201, 'release upload → 201, got ' + up);
+      const ag = await page.evaluate(async ([p, a]) => (await (await fetch(`/api/v1/projects/${p}/agents/${a}`)).json()).data, [projectId, agentId]);
+      assert(ag.version, 'the agent reports a version');
+      await page.getByRole('link', { name: 'Versions' }).click();
+      await page.getByRole('heading', { name: 'Versions', exact: true }).waitFor();
+      const cell = page.locator(`#versions-matrix td[data-version="${ag.version}"][data-platform="${ag.platform}"]`);
+      await cell.waitFor();
+      assert(await cell.getAttribute('data-agents') === '1', 'one agent counted under ' + ag.version + ' × ' + ag.platform);
+      await page.locator('#releases tr[data-release="v9.9.9-browser"]').waitFor();
+      assert((await unlabeled(page)).length === 0, 'roll-out form is labelled: ' + (await unlabeled(page)).join(' | '));
+      await page.selectOption('#rel-version', 'v9.9.9-browser');
+      await page.fill('#rel-selector', 'tier=none');
+      await page.getByRole('button', { name: 'Roll out version' }).click();
+      await page.locator('#release-rollouts tr[data-release-rollout]', { hasText: 'v9.9.9-browser' }).waitFor();
+      await page.evaluate(() => document.querySelector('.toasts')?.remove());
+      await shot(page, 'versions');
     });
 
     await step('profiles: a flame graph of real samples with the workload function', async () => {
@@ -356,6 +406,16 @@ async function main() {
       await page.goto(`${URL_}/#/p/${projectId}/agents/${agentId}`);
       await page.getByRole('heading', { name: 'Credential' }).waitFor();
       assert(await page.getByRole('button', { name: 'Rotate credentials' }).count() === 0, 'no rotate button for a viewer');
+      assert(await page.getByRole('button', { name: 'Edit labels' }).count() === 0, 'no label editing for a viewer');
+      await page.goto(`${URL_}/#/p/${projectId}/versions`);
+      await page.locator('#versions-matrix td[data-agents="1"]').waitFor();
+      assert(await page.locator('#release-rollout-form').count() === 0, 'no roll-out form for a viewer');
+      const lc = await page.evaluate(async ([p, a]) => {
+        const s = await (await fetch('/api/v1/session')).json();
+        const r = await fetch(`/api/v1/projects/${p}/agents/labels`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': s.data.csrf }, body: JSON.stringify({ ids: [a], set: { x: 'y' } }) });
+        return r.status;
+      }, [projectId, agentId]);
+      assert(lc === 403, 'viewer: assign labels → 403, got ' + lc);
     });
 
     await step('no script errors on any page', async () => {

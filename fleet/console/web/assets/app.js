@@ -3,6 +3,7 @@ import { h, api, state, toast, badge, fmtTime, fmtAgo, table, emptyRow, APIError
 import { projectPages } from './project.js';
 import { profilesPage } from './profiles.js';
 import { rolloutsPage, rolloutPage, hasRollouts } from './rollouts.js';
+import { versionsPage } from './versions.js';
 
 const app = document.getElementById('app');
 let cleanup = null;
@@ -20,6 +21,7 @@ const routes = [
   ['/p/:project/profiles', (p) => profilesPage(p)],
   ['/p/:project/rollouts', (p) => rolloutsPage(p)],
   ['/p/:project/rollouts/:id', (p) => rolloutPage(p)],
+  ['/p/:project/versions', (p) => versionsPage(p)],
   ['/p/:project/settings', (p) => projectPages.settings(p)],
 ];
 
@@ -104,6 +106,7 @@ function nav(projectId, path) {
     items.push(h('div', { class: 'section' }, project.name),
       link(base, 'Overview'), link(base + '/agents', 'Agents'));
     if (hasRollouts()) items.push(link(base + '/rollouts', 'Configs & rollouts'));
+    items.push(link(base + '/versions', 'Versions'));
     items.push(link(base + '/profiles', 'Profiles'),
       h('div', { class: 'section' }, 'Project settings'),
       link(base + '/tokens', 'API tokens'), link(base + '/settings', 'General'));

@@ -199,6 +199,7 @@ async function agents({ project: pid }) {
   const err = h('div', { class: 'alert', role: 'alert', hidden: true });
   const bulkInfo = h('span', { class: 'muted' });
   const bulkBtn = h('button', { type: 'button', disabled: true, onclick: bulkRotate }, 'Rotate credentials');
+  const labelBtn = h('button', { type: 'button', id: 'agents-assign-labels', disabled: true, onclick: bulkLabels }, 'Assign labels');
   const allBox = h('input', { type: 'checkbox', 'aria-label': 'Select all agents on this page', onchange: (e) => {
     for (const cb of tbody.querySelectorAll('input[type=checkbox]')) { cb.checked = e.target.checked; cb.dispatchEvent(new Event('change')); }
   } });
@@ -211,6 +212,7 @@ async function agents({ project: pid }) {
 
   function updateBulk() {
     bulkBtn.disabled = selected.size === 0;
+    labelBtn.disabled = selected.size === 0;
     bulkInfo.textContent = selected.size ? `${selected.size} selected` : '';
   }
 
@@ -221,6 +223,13 @@ async function agents({ project: pid }) {
       toast(`Rotation started for ${r.started} of ${r.selected} agents` + (r.failed && r.failed.length ? ` (${r.failed.length} failed)` : ''));
       selected.clear(); updateBulk(); load();
     } catch (e) { toast(e.message, 'error'); }
+  }
+
+  async function bulkLabels() {
+    const res = await labelsDialog(pid, [...selected]);
+    if (!res) return;
+    toast(`Labels updated on ${res.updated} agent(s)`);
+    selected.clear(); updateBulk(); load();
   }
 
   async function load() {
@@ -244,7 +253,7 @@ async function agents({ project: pid }) {
         h('td', {}, h('a', { href: `#/p/${pid}/agents/${a.id}` }, a.hostname || a.id), h('div', { class: 'small muted mono' }, a.id.slice(0, 12))),
         h('td', {}, badge(a.state)),
         h('td', {}, a.platform || '—'), h('td', { class: 'small' }, a.version || '—'),
-        h('td', {}, labelsOf(a.labels)), h('td', { class: 'small' }, fmtAgo(a.lastSeen)));
+        h('td', {}, customLabelsOf(a)), h('td', { class: 'small' }, fmtAgo(a.lastSeen)));
     }) : [emptyRow(7, page.total === 0 && !st.selector && !st.status ? 'No agents yet' : 'No agents match',
       page.total === 0 && !st.selector && !st.status ? h('span', {}, ' Enroll one from the ', h('a', { href: `#/p/${pid}` }, 'overview'), '.') : ' Change the selector or status filter.')]));
     const from = page.total ? page.offset + 1 : 0, to = page.offset + page.items.length;
@@ -279,11 +288,75 @@ async function agents({ project: pid }) {
         h('div', { class: 'field' }, h('label', { for: 'agents-status' }, 'Status'), statusSel),
         h('button', { type: 'submit' }, 'Filter'),
         h('span', { class: 'grow' }),
-        edit ? h('div', { class: 'row' }, bulkInfo, bulkBtn) : null),
+        edit ? h('div', { class: 'row' }, bulkInfo, labelBtn, bulkBtn) : null),
       err,
       h('div', { class: 'table-wrap' }, h('table', { id: 'agents-table' }, h('thead', {}, headRow), tbody)),
       pager),
   };
+}
+
+// customLabelsOf shows an agent's labels, marking those set in the console.
+function customLabelsOf(a) {
+  const custom = a.customLabels || {};
+  const entries = Object.entries(a.labels || {});
+  if (!entries.length) return h('span', { class: 'muted' }, '—');
+  return entries.sort().map(([k, v]) => (custom[k] === v
+    ? h('span', { class: 'chip custom', title: 'custom label, set in the console', dataset: { custom: k } }, k + '=' + v)
+    : h('span', { class: 'chip' }, k + '=' + v)));
+}
+
+const WELL_KNOWN = ['platform', 'node', 'cluster', 'version', 'os', 'kernel', 'hostname', 'arch'];
+
+// parseLabels reads "k=v, k2=v2" into an object; it throws on a bad pair.
+function parseLabels(text) {
+  const out = {};
+  for (const kv of text.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new Error(`“${kv}” is not key=value`);
+    out[kv.slice(0, i).trim()] = kv.slice(i + 1).trim();
+  }
+  return out;
+}
+
+// labelsDialog asks which custom labels to set and remove on agents and
+// applies them; it resolves to the API's result, or null when cancelled.
+function labelsDialog(pid, ids, one) {
+  return new Promise((resolve) => {
+    const set = h('input', { type: 'text', id: 'labels-set', autocomplete: 'off', placeholder: 'tier=gold, team=perf', size: 36 });
+    const remove = h('input', { type: 'text', id: 'labels-remove', autocomplete: 'off', placeholder: 'tier', size: 36 });
+    const custom = Object.keys((one && one.customLabels) || {});
+    let done = false;
+    const finish = (v) => { if (!done) { done = true; resolve(v); } };
+    const submit = async (e) => {
+      e.preventDefault();
+      fieldError(set, ''); fieldError(remove, '');
+      let body;
+      try {
+        body = { ids, set: parseLabels(set.value), remove: remove.value.split(',').map((x) => x.trim()).filter(Boolean) };
+      } catch (ex) { fieldError(set, ex.message); return; }
+      const known = [...Object.keys(body.set), ...body.remove].find((k) => WELL_KNOWN.includes(k));
+      if (known) { fieldError(Object.keys(body.set).includes(known) ? set : remove, `“${known}” is reported by the agent and cannot be changed`); return; }
+      if (!Object.keys(body.set).length && !body.remove.length) { fieldError(set, 'Give labels to set or remove'); return; }
+      try {
+        const res = await api('POST', `/projects/${pid}/agents/labels`, body);
+        d.close(); finish(res);
+      } catch (ex) { fieldError(ex.message.includes('"') && body.remove.some((k) => ex.message.includes(`"${k}"`)) ? remove : set, ex.message); }
+    };
+    const d = h('dialog', { 'aria-labelledby': 'labels-title', id: 'labels-dialog' },
+      h('form', { class: 'stack', onsubmit: submit },
+        h('h2', { id: 'labels-title' }, ids.length === 1 ? 'Labels of this agent' : `Assign labels to ${ids.length} agents`),
+        h('p', { class: 'muted small' }, 'Custom labels are kept by the fleet and seen by selectors (rollouts, filters). They win over the agent\'s own labels, never over ',
+          WELL_KNOWN.join(', '), '.'),
+        field('Set labels', set, 'key=value, comma-separated', 'labels-set'),
+        field('Remove labels', remove, custom.length ? 'custom now: ' + custom.join(', ') : 'label names, comma-separated', 'labels-remove'),
+        h('div', { class: 'row' },
+          h('button', { type: 'button', onclick: () => { d.close(); finish(null); } }, 'Cancel'),
+          h('button', { type: 'submit', class: 'primary' }, 'Apply labels'))));
+    d.addEventListener('close', () => { d.remove(); finish(null); });
+    document.body.append(d);
+    d.showModal();
+    set.focus();
+  });
 }
 
 // ---------- One agent ----------
@@ -318,7 +391,10 @@ async function agent({ project: pid, id }) {
             h('dt', {}, 'Enrolled with'), h('dd', { class: 'mono small' }, a.enrolledWith || '—'),
             desc.map(([k, v]) => [h('dt', { class: 'mono small' }, k), h('dd', { class: 'small' }, v)]))),
         h('div', {},
-          h('section', { class: 'panel', 'aria-labelledby': 'ag-labels' }, h('h2', { id: 'ag-labels' }, 'Labels'), labelsOf(a.labels)),
+          h('section', { class: 'panel', 'aria-labelledby': 'ag-labels', id: 'agent-labels' }, h('div', { class: 'page-head tight' }, h('h2', { id: 'ag-labels' }, 'Labels'),
+            edit ? h('button', { type: 'button', onclick: async () => { if (await labelsDialog(pid, [a.id], a)) { toast('Labels updated'); load(); } } }, 'Edit labels') : null),
+          customLabelsOf(a),
+          Object.keys(a.customLabels || {}).length ? h('p', { class: 'small muted mt' }, h('span', { class: 'chip custom' }, 'custom'), ' labels were set in the console; the others come from the agent and its enrollment token.') : null),
           h('section', { class: 'panel', 'aria-labelledby': 'ag-health' }, h('h2', { id: 'ag-health' }, 'Health'),
             h('p', {}, a.healthy ? badge('healthy', 'ok') : badge('unhealthy'), ' ', a.health || '')),
           h('section', { class: 'panel', 'aria-labelledby': 'ag-cred' }, h('h2', { id: 'ag-cred' }, 'Credential'),
