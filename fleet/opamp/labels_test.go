@@ -1,0 +1,37 @@
+package opamp
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/open-telemetry/opamp-go/protobufs"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/internal/describe"
+)
+
+// TestApplyDescriptionCustomLabels: labels set in the console stay in
+// Labels when the agent describes itself again and win over the agent's
+// own labels and its token's, never over the well-known labels.
+func TestApplyDescriptionCustomLabels(t *testing.T) {
+	a := &store.Agent{
+		ID:           "a1",
+		Labels:       map[string]string{"team": "perf", "tier": "gold", "zone": "z1"},
+		Description:  map[string]string{"fleetprof.token_label.team": "perf"},
+		CustomLabels: map[string]string{"team": "web", "tier": "gold", "rack": "r7", "platform": "forged"},
+	}
+	msg := &protobufs.AgentToServer{AgentDescription: describe.Encode(describe.Agent{
+		InstanceID: "a1", Version: "v1", Hostname: "h1", Platform: describe.PlatformSystemd,
+		Labels: map[string]string{"rack": "r1", "env": "prod"},
+	})}
+	applyDescription(a, msg, time.Unix(1, 0))
+	want := map[string]string{
+		"platform": "systemd", "version": "v1", "hostname": "h1", // well-known win
+		"team": "web", "rack": "r7", "tier": "gold", // custom win over token and agent labels
+		"env": "prod", "zone": "z1",
+	}
+	if diff := cmp.Diff(want, a.Labels); diff != "" {
+		t.Errorf("labels (-want +got):\n%s", diff)
+	}
+}
