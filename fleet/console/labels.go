@@ -24,7 +24,8 @@ const maxLabelAgents = 1000
 
 // LabelsRequest is the body of POST
 // /api/v1/projects/{project}/agents/labels: set and remove custom labels
-// on the agents named by IDs.
+// on the agents named by IDs (at most 1000). Removing a label that is not
+// a custom label of an agent leaves that agent's label alone.
 type LabelsRequest struct {
 	IDs    []string          `json:"ids"`
 	Set    map[string]string `json:"set,omitempty"`
