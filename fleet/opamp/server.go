@@ -211,7 +211,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach opamp server: %w", err)
 	}
-	s.handler = s.limitBody(http.HandlerFunc(h))
+	s.handler = s.limitBody(smallBuffers(http.HandlerFunc(h)))
 	s.connCtx = cc
 	o.Auth.OnRevoke(s.closeCredential)
 	return s, nil
