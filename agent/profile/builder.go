@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	pprof "github.com/google/pprof/profile"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -83,10 +82,10 @@ type gzipper struct {
 	w   *gzip.Writer
 }
 
-func (z *gzipper) encode(p *pprof.Profile) ([]byte, error) {
+func (z *gzipper) encode(g *group) ([]byte, error) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	raw := z.enc.marshal(p)
+	raw := z.enc.marshal(g)
 	z.out.Reset()
 	if z.w == nil {
 		// BestSpeed: its state is much smaller to reset per profile, and
@@ -233,17 +232,45 @@ func labelKey(l map[string]string) string {
 	return sb.String()
 }
 
-// group accumulates one profile.
+// group accumulates one profile in compact records (ids are 1-based
+// indexes), encoded straight to protobuf at the end of the window: no
+// per-sample or per-location allocation.
 type group struct {
-	labels    map[string]string
-	p         *pprof.Profile
-	total     int64
-	period    int64
-	mappings  map[*symbolize.Mapping]*pprof.Mapping
-	kernelMap *pprof.Mapping
-	locs      map[locKey]*pprof.Location
-	user      map[userKey]*pprof.Location
-	funcs     map[string]*pprof.Function
+	labels map[string]string
+	total  int64
+	period int64
+	start  int64 // ns since the epoch
+	dur    int64 // ns
+
+	mappings  []mappingRec
+	mapIDs    map[*symbolize.Mapping]uint32
+	kernelMap uint32
+	locs      []locationRec
+	locIDs    map[locKey]uint32
+	user      map[userKey]uint32
+	funcs     []string
+	funcIDs   map[string]uint32
+
+	// stacks holds the location ids of every sample back to back;
+	// sample i's are stacks[samples[i-1].end:samples[i].end].
+	stacks  []uint64
+	samples []sampleRec
+}
+
+type mappingRec struct {
+	start, limit, offset uint64
+	file, buildID        string
+}
+
+type locationRec struct {
+	addr    uint64
+	mapping uint32 // 0: none
+	fn      uint32 // 0: unnamed
+}
+
+type sampleRec struct {
+	end   int
+	count int64
 }
 
 type userKey struct {
@@ -260,32 +287,22 @@ type locKey struct {
 
 func newGroup(labels map[string]string, w *sampler.Window, period int64) *group {
 	return &group{
-		labels: labels,
-		period: period,
-		p: &pprof.Profile{
-			SampleType: []*pprof.ValueType{
-				{Type: "samples", Unit: "count"},
-				{Type: "cpu", Unit: "nanoseconds"},
-			},
-			DefaultSampleType: "cpu",
-			PeriodType:        &pprof.ValueType{Type: "cpu", Unit: "nanoseconds"},
-			Period:            period,
-			TimeNanos:         w.Start.UnixNano(),
-			DurationNanos:     w.End.Sub(w.Start).Nanoseconds(),
-		},
-		mappings: map[*symbolize.Mapping]*pprof.Mapping{},
-		locs:     map[locKey]*pprof.Location{},
-		user:     map[userKey]*pprof.Location{},
-		funcs:    map[string]*pprof.Function{},
+		labels:  labels,
+		period:  period,
+		start:   w.Start.UnixNano(),
+		dur:     w.End.Sub(w.Start).Nanoseconds(),
+		mapIDs:  map[*symbolize.Mapping]uint32{},
+		locIDs:  map[locKey]uint32{},
+		user:    map[userKey]uint32{},
+		funcIDs: map[string]uint32{},
 	}
 }
 
 func (b *Builder) addSample(g *group, proc *symbolize.Process, s *sampler.Sample, kernel map[uint64]string) {
-	locs := make([]*pprof.Location, 0, len(s.Kernel)+len(s.User))
 	for i, addr := range s.Kernel {
 		key := locKey{kern: true, addr: addr}
-		loc := g.locs[key]
-		if loc == nil {
+		loc := g.locIDs[key]
+		if loc == 0 {
 			name, ok := kernel[addr]
 			if !ok {
 				lookup := addr
@@ -298,12 +315,12 @@ func (b *Builder) addSample(g *group, proc *symbolize.Process, s *sampler.Sample
 			b.m.frame("kernel", name != "")
 			loc = g.location(key, g.kernel(), name)
 		}
-		locs = append(locs, loc)
+		g.stacks = append(g.stacks, uint64(loc))
 	}
 	for i, addr := range s.User {
 		ukey := userKey{proc: proc, addr: addr, ret: i > 0}
 		loc := g.user[ukey]
-		if loc == nil {
+		if loc == 0 {
 			var m *symbolize.Mapping
 			var name string
 			if proc != nil {
@@ -315,8 +332,8 @@ func (b *Builder) addSample(g *group, proc *symbolize.Process, s *sampler.Sample
 			}
 			b.m.frame("user", name != "")
 			key := locKey{m: m, addr: addr}
-			if loc = g.locs[key]; loc == nil {
-				var pm *pprof.Mapping
+			if loc = g.locIDs[key]; loc == 0 {
+				var pm uint32
 				if m != nil {
 					pm = g.mapping(m)
 				}
@@ -324,74 +341,58 @@ func (b *Builder) addSample(g *group, proc *symbolize.Process, s *sampler.Sample
 			}
 			g.user[ukey] = loc
 		}
-		locs = append(locs, loc)
+		g.stacks = append(g.stacks, uint64(loc))
 	}
-	g.p.Sample = append(g.p.Sample, &pprof.Sample{
-		Location: locs,
-		Value:    []int64{int64(s.Count), int64(s.Count) * g.period},
-	})
+	g.samples = append(g.samples, sampleRec{end: len(g.stacks), count: int64(s.Count)})
 	g.total += int64(s.Count)
 }
 
-func (g *group) kernel() *pprof.Mapping {
-	if g.kernelMap == nil {
-		g.kernelMap = &pprof.Mapping{
-			Start:        0xffff800000000000,
-			Limit:        0xffffffffffffffff,
-			File:         kernelMappingFile,
-			HasFunctions: true,
-		}
-		g.p.Mapping = append(g.p.Mapping, g.kernelMap)
+func (g *group) kernel() uint32 {
+	if g.kernelMap == 0 {
+		g.mappings = append(g.mappings, mappingRec{
+			start: 0xffff800000000000,
+			limit: 0xffffffffffffffff,
+			file:  kernelMappingFile,
+		})
+		g.kernelMap = uint32(len(g.mappings))
 	}
 	return g.kernelMap
 }
 
-func (g *group) mapping(m *symbolize.Mapping) *pprof.Mapping {
-	pm := g.mappings[m]
-	if pm == nil {
-		pm = &pprof.Mapping{
-			Start:        m.Start,
-			Limit:        m.Limit,
-			Offset:       m.Offset,
-			File:         m.Path,
-			BuildID:      m.BuildID,
-			HasFunctions: true,
-		}
-		g.mappings[m] = pm
-		g.p.Mapping = append(g.p.Mapping, pm)
+func (g *group) mapping(m *symbolize.Mapping) uint32 {
+	id := g.mapIDs[m]
+	if id == 0 {
+		g.mappings = append(g.mappings, mappingRec{
+			start:   m.Start,
+			limit:   m.Limit,
+			offset:  m.Offset,
+			file:    m.Path,
+			buildID: m.BuildID,
+		})
+		id = uint32(len(g.mappings))
+		g.mapIDs[m] = id
 	}
-	return pm
+	return id
 }
 
-func (g *group) location(key locKey, m *pprof.Mapping, name string) *pprof.Location {
-	loc := &pprof.Location{Mapping: m, Address: key.addr}
+func (g *group) location(key locKey, mapping uint32, name string) uint32 {
+	loc := locationRec{addr: key.addr, mapping: mapping}
 	if name != "" {
-		fn := g.funcs[name]
-		if fn == nil {
-			fn = &pprof.Function{Name: name, SystemName: name}
-			g.funcs[name] = fn
-			g.p.Function = append(g.p.Function, fn)
+		fn := g.funcIDs[name]
+		if fn == 0 {
+			g.funcs = append(g.funcs, name)
+			fn = uint32(len(g.funcs))
+			g.funcIDs[name] = fn
 		}
-		loc.Line = []pprof.Line{{Function: fn}}
+		loc.fn = fn
 	}
-	g.locs[key] = loc
-	g.p.Location = append(g.p.Location, loc)
-	return loc
+	g.locs = append(g.locs, loc)
+	id := uint32(len(g.locs))
+	g.locIDs[key] = id
+	return id
 }
 
-// encode numbers everything 1..N, validates and gzips the profile.
+// encode gzips the profile's protobuf.
 func (g *group) encode(gz *gzipper) ([]byte, error) {
-	for i, m := range g.p.Mapping {
-		m.ID = uint64(i + 1)
-	}
-	for i, l := range g.p.Location {
-		l.ID = uint64(i + 1)
-	}
-	for i, f := range g.p.Function {
-		f.ID = uint64(i + 1)
-	}
-	if err := g.p.CheckValid(); err != nil {
-		return nil, fmt.Errorf("invalid profile: %w", err)
-	}
-	return gz.encode(g.p)
+	return gz.encode(g)
 }

@@ -1,10 +1,6 @@
 package profile
 
-import (
-	"encoding/binary"
-
-	pprof "github.com/google/pprof/profile"
-)
+import "encoding/binary"
 
 // Field numbers of profile.proto (perftools.profiles).
 const (
@@ -46,17 +42,16 @@ const (
 	fFunctionSystemName = 3
 )
 
-// encoder writes the pprof protobuf of the profiles the builder makes
-// (sample types, samples without labels, mappings, locations with one
-// line, functions), reusing its buffers across profiles. It writes what
-// pprof's own encoder would, without building its intermediate tables.
+// encoder writes the pprof protobuf of a group (sample types, samples
+// without labels, mappings, locations with at most one line, functions),
+// reusing its buffers across profiles. Its output parses to the profile
+// pprof's own encoder would write for the same content.
 type encoder struct {
 	buf     []byte
 	msg     []byte // a nested message being built
 	packed  []byte // a packed repeated field being built
 	strs    []string
 	strIdx  map[string]int64
-	locIDs  []uint64
 	scratch [binary.MaxVarintLen64]byte
 }
 
@@ -94,9 +89,9 @@ func appendString(b []byte, field int, v string) []byte {
 	return append(b, v...)
 }
 
-// marshal returns the encoded profile; the slice is valid until the next
-// call. IDs must be set.
-func (e *encoder) marshal(p *pprof.Profile) []byte {
+// marshal returns the encoded profile of g; the slice is valid until the
+// next call.
+func (e *encoder) marshal(g *group) []byte {
 	if e.strIdx == nil {
 		e.strIdx = map[string]int64{}
 	}
@@ -105,74 +100,60 @@ func (e *encoder) marshal(p *pprof.Profile) []byte {
 	e.str("")
 	b := e.buf[:0]
 
-	valueType := func(field int, vt *pprof.ValueType) {
-		e.msg = appendUint(e.msg[:0], fValueTypeType, uint64(e.str(vt.Type)))
-		e.msg = appendUint(e.msg, fValueTypeUnit, uint64(e.str(vt.Unit)))
+	valueType := func(field int, typ, unit string) {
+		e.msg = appendUint(e.msg[:0], fValueTypeType, uint64(e.str(typ)))
+		e.msg = appendUint(e.msg, fValueTypeUnit, uint64(e.str(unit)))
 		b = appendBytes(b, field, e.msg)
 	}
-	for _, st := range p.SampleType {
-		valueType(fProfileSampleType, st)
-	}
-	for _, s := range p.Sample {
+	valueType(fProfileSampleType, "samples", "count")
+	valueType(fProfileSampleType, "cpu", "nanoseconds")
+	from := 0
+	for _, s := range g.samples {
 		e.msg = e.msg[:0]
 		e.packed = e.packed[:0]
-		for _, l := range s.Location {
-			e.packed = appendVarint(e.packed, l.ID)
+		for _, id := range g.stacks[from:s.end] {
+			e.packed = appendVarint(e.packed, id)
 		}
+		from = s.end
 		if len(e.packed) > 0 {
 			e.msg = appendBytes(e.msg, fSampleLocation, e.packed)
 		}
-		e.packed = e.packed[:0]
-		for _, v := range s.Value {
-			e.packed = appendVarint(e.packed, uint64(v))
-		}
-		if len(e.packed) > 0 {
-			e.msg = appendBytes(e.msg, fSampleValue, e.packed)
-		}
+		e.packed = appendVarint(e.packed[:0], uint64(s.count))
+		e.packed = appendVarint(e.packed, uint64(s.count*g.period))
+		e.msg = appendBytes(e.msg, fSampleValue, e.packed)
 		b = appendBytes(b, fProfileSample, e.msg)
 	}
-	for _, m := range p.Mapping {
-		e.msg = appendUint(e.msg[:0], fMappingID, m.ID)
-		e.msg = appendUint(e.msg, fMappingStart, m.Start)
-		e.msg = appendUint(e.msg, fMappingLimit, m.Limit)
-		e.msg = appendUint(e.msg, fMappingOffset, m.Offset)
-		e.msg = appendUint(e.msg, fMappingFilename, uint64(e.str(m.File)))
-		e.msg = appendUint(e.msg, fMappingBuildID, uint64(e.str(m.BuildID)))
-		if m.HasFunctions {
-			e.msg = appendUint(e.msg, fMappingHasFunctions, 1)
-		}
+	for i, m := range g.mappings {
+		e.msg = appendUint(e.msg[:0], fMappingID, uint64(i+1))
+		e.msg = appendUint(e.msg, fMappingStart, m.start)
+		e.msg = appendUint(e.msg, fMappingLimit, m.limit)
+		e.msg = appendUint(e.msg, fMappingOffset, m.offset)
+		e.msg = appendUint(e.msg, fMappingFilename, uint64(e.str(m.file)))
+		e.msg = appendUint(e.msg, fMappingBuildID, uint64(e.str(m.buildID)))
+		e.msg = appendUint(e.msg, fMappingHasFunctions, 1)
 		b = appendBytes(b, fProfileMapping, e.msg)
 	}
-	for _, l := range p.Location {
-		e.msg = appendUint(e.msg[:0], fLocationID, l.ID)
-		if l.Mapping != nil {
-			e.msg = appendUint(e.msg, fLocationMappingID, l.Mapping.ID)
-		}
-		e.msg = appendUint(e.msg, fLocationAddress, l.Address)
-		for _, ln := range l.Line {
-			var line []byte
-			if ln.Function != nil {
-				line = appendUint(e.scratch[:0], fLineFunctionID, ln.Function.ID)
-			}
-			e.msg = appendBytes(e.msg, fLocationLine, line)
+	for i, l := range g.locs {
+		e.msg = appendUint(e.msg[:0], fLocationID, uint64(i+1))
+		e.msg = appendUint(e.msg, fLocationMappingID, uint64(l.mapping))
+		e.msg = appendUint(e.msg, fLocationAddress, l.addr)
+		if l.fn != 0 {
+			e.msg = appendBytes(e.msg, fLocationLine, appendUint(e.scratch[:0], fLineFunctionID, uint64(l.fn)))
 		}
 		b = appendBytes(b, fProfileLocation, e.msg)
 	}
-	for _, f := range p.Function {
-		e.msg = appendUint(e.msg[:0], fFunctionID, f.ID)
-		e.msg = appendUint(e.msg, fFunctionName, uint64(e.str(f.Name)))
-		e.msg = appendUint(e.msg, fFunctionSystemName, uint64(e.str(f.SystemName)))
+	for i, name := range g.funcs {
+		n := uint64(e.str(name))
+		e.msg = appendUint(e.msg[:0], fFunctionID, uint64(i+1))
+		e.msg = appendUint(e.msg, fFunctionName, n)
+		e.msg = appendUint(e.msg, fFunctionSystemName, n)
 		b = appendBytes(b, fProfileFunction, e.msg)
 	}
-	b = appendUint(b, fProfileTimeNanos, uint64(p.TimeNanos))
-	b = appendUint(b, fProfileDurationNanos, uint64(p.DurationNanos))
-	if p.PeriodType != nil {
-		valueType(fProfilePeriodType, p.PeriodType)
-	}
-	b = appendUint(b, fProfilePeriod, uint64(p.Period))
-	if p.DefaultSampleType != "" {
-		b = appendUint(b, fProfileDefaultSampleType, uint64(e.str(p.DefaultSampleType)))
-	}
+	b = appendUint(b, fProfileTimeNanos, uint64(g.start))
+	b = appendUint(b, fProfileDurationNanos, uint64(g.dur))
+	valueType(fProfilePeriodType, "cpu", "nanoseconds")
+	b = appendUint(b, fProfilePeriod, uint64(g.period))
+	b = appendUint(b, fProfileDefaultSampleType, uint64(e.str("cpu")))
 	// The string table goes last: every index above is assigned by now.
 	for _, s := range e.strs {
 		b = appendString(b, fProfileStringTable, s)
