@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/open-telemetry/opamp-go/protobufs"
 
 	"github.com/fleetprof/fleetprof/agent/control"
 	"github.com/fleetprof/fleetprof/fleet/client"
@@ -78,7 +79,14 @@ func worker(args []string) error {
 			FleetURL: *url, BootstrapToken: *boot, StateDir: filepath.Join(*dir, strconv.Itoa(i)), HeartbeatInterval: *hb,
 			Description: describe.Agent{Version: "scale", Hostname: fmt.Sprintf("host-%d", i), Platform: "systemd", OS: "linux"},
 			Callbacks: control.Callbacks{
-				OnCredential:    func(string) { once.Do(func() { <-sem }) },
+				OnCredential: func(string) { once.Do(func() { <-sem }) },
+				OnRemoteConfig: func(_ context.Context, rc *protobufs.AgentRemoteConfig) ([]byte, error) {
+					cfg, err := config.Parse(rc.GetConfig().GetConfigMap()[""].GetBody())
+					if err != nil {
+						return nil, err
+					}
+					return cfg.Marshal()
+				},
 				EffectiveConfig: func() []byte { return nil },
 			},
 		})
