@@ -3,6 +3,7 @@
 package symbolize
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -20,3 +21,7 @@ func unmapFile([]byte) {}
 func manageObject(*object) {}
 
 func dropPages([]byte, int, int) {}
+
+var errNoProcmapQuery = errors.New("PROCMAP_QUERY not supported")
+
+func queryExecMappings(*os.File, []byte) ([]*Mapping, error) { return nil, errNoProcmapQuery }

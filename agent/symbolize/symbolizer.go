@@ -58,7 +58,13 @@ type Symbolizer struct {
 	kernErr  error
 	modules  []byte // /proc/modules at the last kallsyms load
 	kernLoad bool
+	noQuery  bool   // the kernel has no PROCMAP_QUERY
+	nameBuf  []byte // path buffer for PROCMAP_QUERY
 }
+
+// procmapNameBytes is the size of the path buffer for PROCMAP_QUERY
+// (PATH_MAX).
+const procmapNameBytes = 4096
 
 // Process is a snapshot of one process: its name, executable and
 // executable mappings, kept after it exits until its samples are built.
@@ -138,7 +144,7 @@ func (s *Symbolizer) snapshotLocked(pid uint32) (*Process, error) {
 		}
 		return nil, fmt.Errorf("open maps of pid %d: %w: %w", pid, ErrNoProcess, err)
 	}
-	ms, err := ParseMaps(f)
+	ms, err := s.readMappingsLocked(f)
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("maps of pid %d: %w", pid, err)
@@ -159,6 +165,24 @@ func (s *Symbolizer) snapshotLocked(pid uint32) (*Process, error) {
 	s.procs.put(pid, p)
 	s.m.procs.Set(float64(s.procs.len()))
 	return p, nil
+}
+
+// readMappingsLocked returns the executable mappings of the open maps
+// file f: by PROCMAP_QUERY where the kernel has it (it formats only the
+// executable mappings, not the many data ones), else from the text.
+func (s *Symbolizer) readMappingsLocked(f *os.File) ([]*Mapping, error) {
+	if !s.noQuery {
+		if s.nameBuf == nil {
+			s.nameBuf = make([]byte, procmapNameBytes)
+		}
+		ms, err := queryExecMappings(f, s.nameBuf)
+		if !errors.Is(err, errNoProcmapQuery) {
+			return ms, err
+		}
+		s.noQuery = true
+		s.log.Debug("reading maps as text", zap.Error(err))
+	}
+	return ParseMaps(f)
 }
 
 // attachLocked finds the object of m in the cache or loads it.

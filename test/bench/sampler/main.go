@@ -41,6 +41,8 @@ type result struct {
 	Dropped        uint64             `json:"dropped"`
 	LostStacks     uint64             `json:"lost_stacks"`
 	FramesResolved map[string]float64 `json:"frames_resolved"`
+	MapsReads      float64            `json:"maps_reads"`
+	ObjectLoads    float64            `json:"object_loads"`
 }
 
 func main() {
@@ -177,6 +179,8 @@ func run(hz int, window, dur time.Duration) error {
 		res.PeakRSSMiB = v / 1024
 	}
 	res.FramesResolved = framesResolved(reg)
+	res.MapsReads = counter(reg, "fleetprof_symbolize_maps_reads_total")
+	res.ObjectLoads = counter(reg, "fleetprof_symbolize_object_loads_total")
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
@@ -218,6 +222,20 @@ func framesResolved(reg *prometheus.Registry) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// counter returns the value of an unlabelled counter of reg (0 if absent).
+func counter(reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }
 
 func cpuTime() time.Duration {
