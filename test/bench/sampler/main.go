@@ -41,6 +41,7 @@ type result struct {
 	Dropped        uint64             `json:"dropped"`
 	LostStacks     uint64             `json:"lost_stacks"`
 	FramesResolved map[string]float64 `json:"frames_resolved"`
+	LoadAverage    string             `json:"load_average"` // 1, 5, 15 min at the end of the run
 	MapsReads      float64            `json:"maps_reads"`
 	ObjectLoads    float64            `json:"object_loads"`
 }
@@ -179,6 +180,9 @@ func run(hz int, window, dur time.Duration) error {
 		res.PeakRSSMiB = v / 1024
 	}
 	res.FramesResolved = framesResolved(reg)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.LoadAverage = strings.Join(strings.Fields(string(la))[:3], " ")
+	}
 	res.MapsReads = counter(reg, "fleetprof_symbolize_maps_reads_total")
 	res.ObjectLoads = counter(reg, "fleetprof_symbolize_object_loads_total")
 	return json.NewEncoder(os.Stdout).Encode(res)

@@ -49,13 +49,18 @@ func printReport(idleStartup string, files []string) error {
 	fmt.Println("perf events attached, measured once on the machine before the load starts (\"idle\") and in")
 	fmt.Println("each loaded run, where the 20 busy processes compete with it for the 2 cores.")
 	fmt.Println()
-	fmt.Println("| Hz | run s | own CPU % of a core | BPF µs/sample | steady RSS MiB | peak RSS MiB | start-up s (loaded) | samples | profiles | execs seen/s | lost stacks | dropped | user frames named |")
-	fmt.Println("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| Hz | run s | own CPU % of a core | BPF µs/sample | steady RSS MiB | peak RSS MiB | start-up s (loaded) | samples | profiles | execs seen/s | maps reads | lost stacks | dropped | user frames named | load avg at end |")
+	fmt.Println("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, r := range rs {
-		fmt.Printf("| %d | %.0f | %.3f | %.1f | %.1f | %.1f | %.3f | %d | %d | %.1f | %d | %d | %.1f%% |\n",
+		fmt.Printf("| %d | %.0f | %.3f | %.1f | %.1f | %.1f | %.3f | %d | %d | %.1f | %.0f | %d | %d | %.1f%% | %s |\n",
 			r.Hz, r.Seconds, r.CPUPercent, r.NsPerSample/1000, r.SteadyRSSMiB, r.PeakRSSMiB, r.StartupSeconds,
-			r.WindowSamples, r.Profiles, float64(r.ExecProgRuns)/r.Seconds, r.LostStacks, r.Dropped, 100*r.FramesResolved["user"])
+			r.WindowSamples, r.Profiles, float64(r.ExecProgRuns)/r.Seconds, r.MapsReads, r.LostStacks, r.Dropped,
+			100*r.FramesResolved["user"], r.LoadAverage)
 	}
+	fmt.Println()
+	fmt.Println("The BPF cost per sample depends on what the CPUs run: deep user stacks and samples in kernel")
+	fmt.Println("mode (unwound by the kernel) cost several times what the 20 shallow busy loops do, so it is")
+	fmt.Println("higher while other work (compilers, test binaries) shares the machine; see the load average.")
 	base := rs[0]
 	fmt.Println()
 	fmt.Printf("Ratio at %d Hz against the reference profiler at 20 Hz (figures quoted in the issue, not\n", base.Hz)
