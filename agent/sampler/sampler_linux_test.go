@@ -178,15 +178,19 @@ func cpuTime(t *testing.T) time.Duration {
 // TestSetRateLive changes the frequency while Run runs: the window in
 // progress is handed over at the old rate, and the sample count of the
 // next window follows the new rate (samples ≈ CPU time × Hz, ±20%).
+// Rates are high enough (250 → 1000 Hz, two spinning threads) that the
+// counts run to hundreds: at a few dozen samples, counting noise alone
+// would be ±20% on a busy machine.
 func TestSetRateLive(t *testing.T) {
 	fptestutil.RequireBPF(t)
-	s, err := New(Options{FrequencyHz: 50, Window: 2 * time.Second})
+	s, err := New(Options{FrequencyHz: 250, Window: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
+	go spin(ctx)
 	go spin(ctx)
 
 	self := uint32(os.Getpid())
@@ -212,7 +216,7 @@ func TestSetRateLive(t *testing.T) {
 		switch len(results) {
 		case 2:
 			// SetRate blocks until Run applies it, so not from here.
-			go func() { setErr <- s.SetRate(200, 2*time.Second) }()
+			go func() { setErr <- s.SetRate(1000, 2*time.Second) }()
 		case 4:
 			cancel()
 		}
@@ -229,17 +233,24 @@ func TestSetRateLive(t *testing.T) {
 	for i, r := range results {
 		t.Logf("window %d: %d Hz, %s long, %d samples, %s CPU", i, r.hz, r.length, r.samples, r.cpu)
 	}
-	if results[2].hz != 50 || results[2].length >= 1900*time.Millisecond {
-		t.Errorf("window in progress at SetRate: %d Hz, %s long; want 50 Hz, cut short", results[2].hz, results[2].length)
+	if results[2].hz != 250 || results[2].length >= 1900*time.Millisecond {
+		t.Errorf("window in progress at SetRate: %d Hz, %s long; want 250 Hz, cut short", results[2].hz, results[2].length)
 	}
-	if results[3].hz != 200 {
-		t.Errorf("window after SetRate: %d Hz, want 200", results[3].hz)
+	if results[3].hz != 1000 {
+		t.Errorf("window after SetRate: %d Hz, want 1000", results[3].hz)
 	}
-	for _, i := range []int{1, 3} {
-		r := results[i]
-		want := r.cpu.Seconds() * float64(r.hz)
-		if got := float64(r.samples); got < 0.8*want || got > 1.2*want {
-			t.Errorf("window %d at %d Hz: %d samples, want %.0f ± 20%% (CPU %s × Hz)", i, r.hz, r.samples, want, r.cpu)
+	// Old rate: the two full windows before the change; new rate: the one after.
+	for _, g := range [][]int{{0, 1}, {3}} {
+		var samples uint64
+		var cpu time.Duration
+		hz := results[g[0]].hz
+		for _, i := range g {
+			samples += results[i].samples
+			cpu += results[i].cpu
+		}
+		want := cpu.Seconds() * float64(hz)
+		if got := float64(samples); got < 0.8*want || got > 1.2*want {
+			t.Errorf("windows %v at %d Hz: %d samples, want %.0f ± 20%% (CPU %s × Hz)", g, hz, samples, want, cpu)
 		}
 	}
 }
