@@ -145,7 +145,11 @@ type conn struct {
 	lastSeq   uint64
 	haveSeq   bool
 	lastWrite time.Time
-	sendMu    sync.Mutex
+	// steady: the record is current and nothing is pending for this
+	// connection, so bare heartbeats need no store work (onMessage's
+	// goroutine only).
+	steady bool
+	sendMu sync.Mutex
 	// offered is set once a credential was offered on this connection, so
 	// that heartbeats on it do not mint candidates while the agent proves
 	// the one it has.
@@ -600,6 +604,13 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	s := c.s
 	now := s.o.Now().UTC()
 	jti := c.claims.ID
+	// A bare heartbeat on a settled connection changes nothing worth a
+	// store read: skip it (last-seen is still written once a minute).
+	if c.steady && msg.AgentDescription == nil && msg.Health == nil && msg.RemoteConfigStatus == nil &&
+		msg.EffectiveConfig == nil && msg.ConnectionSettingsStatus == nil && msg.PackageStatuses == nil &&
+		msg.AgentDisconnect == nil && now.Sub(c.lastWrite) < time.Minute {
+		return nil, nil
+	}
 	var revokeOld string
 	var needOffer, failed bool
 	var failMsg string
@@ -659,6 +670,7 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	if a != nil {
 		c.lastWrite = now
 		s.o.Callbacks.OnAgentStatus(a)
+		c.steady = a.CredentialID == jti && a.PendingCredentialID == "" && a.RotationStatus != "pending" && !needOffer
 	}
 	if revokeOld != "" {
 		// Do not cut this connection: it uses the new credential.
