@@ -166,6 +166,9 @@ func TestBulkRotationWhileUploading(t *testing.T) {
 		return st.Rotated == n, fmt.Sprintf("%+v", st)
 	})
 	t.Logf("rotated %d agents in %s (paced at 25/s)", n, time.Since(started))
+	if out := f.MustCLI("agents", "rotation-status", "--project", project); !strings.Contains(out, fmt.Sprintf("rotated %d, pending 0, failed 0", n)) {
+		t.Errorf("rotation-status: %q", out)
+	}
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()

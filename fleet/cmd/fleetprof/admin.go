@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -246,6 +248,23 @@ func agentsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "selected %d, rotation started for %d, failed %d\n", r.Selected, r.Started, len(r.Failed))
 		for _, f := range r.Failed {
 			fmt.Fprintln(stdout, "  failed:", f)
+		}
+		return nil
+	case "rotation-status":
+		if *project == "" {
+			return usageError{"agents rotation-status: --project is required"}
+		}
+		var st console.RotationStatus
+		q := url.Values{"selector": {*sel}}
+		if err := c.Do(ctx, http.MethodGet, "/api/v1/projects/"+url.PathEscape(*project)+"/agents/rotation?"+q.Encode(), nil, &st); err != nil {
+			return err
+		}
+		if af.output == "json" {
+			return printJSON(stdout, st)
+		}
+		fmt.Fprintf(stdout, "selected %d: rotated %d, pending %d, failed %d\n", st.Selected, st.Rotated, st.Pending, st.Failed)
+		for id, e := range st.Errors {
+			fmt.Fprintf(stdout, "  %s: %s\n", id, e)
 		}
 		return nil
 	case "revoke":
