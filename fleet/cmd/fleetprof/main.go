@@ -47,7 +47,8 @@ commands:
   project create NAME           create a project; prints its id
   project list                  list projects
   token create|list|delete      manage API and bootstrap tokens
-  agents list|rotate-credentials|revoke
+  agents list|rotate-credentials|rotation-status|revoke|versions
+  release upload|register|list|rollout|status|pause|resume|rollback
   config apply|list             store a config version and roll it out
   rollout status|pause|resume|rollback|list
   profiles query                merged profile over a time range (pprof, top, flamegraph)
