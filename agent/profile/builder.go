@@ -71,10 +71,10 @@ type Builder struct {
 	gz   gzipper
 }
 
-// gzipper reuses one gzip writer and buffer across profiles: a fresh
-// gzip.Writer allocates about 600 KiB.
-// The protobuf is written by a lean encoder into a reused buffer rather
-// than by pprof's (which builds string and id tables per profile).
+// gzipper reuses one gzip writer and buffer across profiles (a fresh
+// gzip.Writer allocates about 600 KiB), and one protobuf encoder that
+// writes the group straight into a reused buffer (pprof's own builds
+// string and id tables and objects per profile).
 type gzipper struct {
 	mu  sync.Mutex
 	enc encoder
