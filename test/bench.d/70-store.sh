@@ -2,7 +2,7 @@
 # Fleet store write throughput: the same workload (8 concurrent writers of
 # agent status updates, and of token creations) on the embedded SQLite
 # store and on a real PostgreSQL started for the run, both durable
-# (SQLite WAL + synchronous=FULL, PostgreSQL fsync=on). Prints one
+# (SQLite WAL + synchronous=NORMAL (durable across process crashes), PostgreSQL fsync=on). Prints one
 # markdown section with the PostgreSQL/SQLite ratio.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +21,7 @@ END {
   print "Method: `go test -bench BenchmarkWrites ./fleet/store/postgres`: 8 concurrent writers"
   print "(2 cores) on one store; UpsertAgent updates existing agents at their row version"
   print "(what the OpAMP server writes on every status report), CreateToken inserts token"
-  print "metadata. SQLite: embedded file, WAL, synchronous=FULL. PostgreSQL: local server"
+  print "metadata. SQLite: embedded file, WAL, synchronous=NORMAL (durable across process crashes). PostgreSQL: local server"
   print "on loopback started for the run (initdb defaults, fsync on), pgx through database/sql."
   print "Both durable; same machine, same run."
   print ""
