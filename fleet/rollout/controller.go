@@ -454,8 +454,15 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Rollout ids are UUIDv7: time-ordered and monotonic in this process,
+	// so "newest wins" (Wins' last tie-break on id) holds even when two
+	// rollouts carry the same timestamp.
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, nil, fmt.Errorf("rollout id: %w", err)
+	}
 	r := &store.Rollout{
-		ID: uuid.NewString(), ProjectID: req.ProjectID, ConfigID: cv.ID, ConfigHash: cv.Hash, Selector: sel.String(),
+		ID: id.String(), ProjectID: req.ProjectID, ConfigID: cv.ID, ConfigHash: cv.Hash, Selector: sel.String(),
 		Specificity: sel.Specificity(), Canary: req.Canary, WavePercent: req.WavePercent, WaveCount: req.WaveCount,
 		WavePause: req.WavePause, MaxFailurePercent: req.MaxFailurePercent, Stage: -1, Status: StatusPending,
 		CreatedBy: req.Actor, CreatedAt: now, UpdatedAt: now,
