@@ -291,17 +291,17 @@ func TestProbationConfirmsWhenHealthy(t *testing.T) {
 	}
 	healthy.Store(true)
 	deadline := time.Now().Add(5 * time.Second)
+	// The marker is written first, then the status reported: wait for both.
 	for {
-		if mk, _ := readMarker(f.dir); mk.State == stateGood {
+		mk, _ := readMarker(f.dir)
+		st := m2.LastStatuses().GetPackages()[""]
+		if mk.State == stateGood && st.GetStatus() == protobufs.PackageStatusEnum_PackageStatusEnum_Installed {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("not confirmed")
+			t.Fatalf("not confirmed: marker %+v, status %v", mk, st)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	if st := m2.LastStatuses().Packages[""]; st.Status != protobufs.PackageStatusEnum_PackageStatusEnum_Installed {
-		t.Fatalf("status = %v", st)
 	}
 	cancel()
 	if err := <-done; err != nil {
