@@ -41,7 +41,8 @@ type Options struct {
 // server restart: a request made while the server is down fails, the
 // next one after it is back succeeds.
 type Store struct {
-	db rdb
+	db  rdb
+	cfg *pgx.ConnConfig // for connections outside the pool (the bus listener)
 }
 
 var (
@@ -69,7 +70,7 @@ func Open(ctx context.Context, dsn string, o *Options) (*Store, error) {
 	db.SetMaxOpenConns(o.MaxConns)
 	db.SetMaxIdleConns(o.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: rdb{db}}
+	s := &Store{db: rdb{db}, cfg: cfg}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err

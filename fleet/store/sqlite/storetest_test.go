@@ -18,3 +18,11 @@ func TestStore(t *testing.T) {
 		return s
 	})
 }
+
+// TestBus: one process, so the bus is in-process.
+func TestBus(t *testing.T) {
+	storetest.RunBus(t, func(t *testing.T) (store.Bus, store.Bus) {
+		b := &store.LocalBus{}
+		return b, b
+	})
+}
