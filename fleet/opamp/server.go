@@ -109,6 +109,7 @@ type Server struct {
 	closed bool
 
 	pending atomic.Int64
+	poll    *poller
 	m       metrics
 	rq      rotationQueue
 	jobs    chan func()
@@ -215,7 +216,17 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attach opamp server: %w", err)
 	}
-	s.handler = s.limitBody(smallBuffers(http.HandlerFunc(h)))
+	// opamp-go serves the plain-HTTP transport; WebSockets are ours
+	// (ws.go): same handlers, no goroutine or buffer per idle agent.
+	plain := s.limitBody(closePlain(http.HandlerFunc(h)))
+	s.poll = newPoller(o.Logger)
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isWebSocket(r) {
+			s.serveWS(w, r)
+			return
+		}
+		plain.ServeHTTP(w, r)
+	})
 	s.connCtx = cc
 	o.Auth.OnRevoke(s.closeCredential)
 	return s, nil
@@ -865,4 +876,5 @@ func (s *Server) Shutdown() {
 			_ = c.c.Disconnect()
 		}
 	}
+	s.poll.stop()
 }
