@@ -24,8 +24,17 @@ type Options struct {
 	// Registerer receives the auth metrics; nil means none.
 	Registerer prometheus.Registerer
 	// RefreshInterval is how often revocations are re-read from the store
-	// (they may come from another replica). 0 means 1s.
+	// (they may come from another replica) while no bus carries them.
+	// 0 means 1s.
 	RefreshInterval time.Duration
+	// Bus, if set, carries revocations between replicas at once: Revoke
+	// publishes the jti on store.TopicRevoke, and Run closes what uses a
+	// jti revoked anywhere as soon as it is notified. While the bus is
+	// live the store is re-read only every FallbackInterval.
+	Bus store.Bus
+	// FallbackInterval is the slower re-read while Bus is live; 0 means
+	// 10s.
+	FallbackInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -56,6 +65,9 @@ func New(ctx context.Context, o Options) (*Authenticator, error) {
 	if o.RefreshInterval <= 0 {
 		o.RefreshInterval = time.Second
 	}
+	if o.FallbackInterval <= 0 {
+		o.FallbackInterval = 10 * time.Second
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -83,19 +95,55 @@ func (a *Authenticator) OnRevoke(f func(jti string)) {
 	a.subs = append(a.subs, f)
 }
 
-// Run re-reads revocations until ctx ends.
+// Run takes revocations from the bus and re-reads them from the store
+// (every RefreshInterval, or FallbackInterval while the bus is live)
+// until ctx ends.
 func (a *Authenticator) Run(ctx context.Context) error {
 	t := time.NewTicker(a.o.RefreshInterval)
 	defer t.Stop()
+	var events <-chan store.Event
+	if a.o.Bus != nil {
+		events = a.o.Bus.Subscribe(ctx, store.TopicRevoke)
+	}
+	last := time.Now()
+	refresh := func() {
+		last = time.Now()
+		if err := a.refresh(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("refresh revocations", zap.Error(err))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
-			if err := a.refresh(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("refresh revocations", zap.Error(err))
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
 			}
+			for _, jti := range ev.IDs {
+				a.revoked1(jti)
+			}
+			if ev.Resync {
+				refresh()
+			}
+		case <-t.C:
+			if a.o.Bus != nil && a.o.Bus.Live() && time.Since(last) < a.o.FallbackInterval {
+				continue
+			}
+			refresh()
 		}
+	}
+}
+
+// revoked1 records a jti revoked elsewhere and closes what uses it.
+func (a *Authenticator) revoked1(jti string) {
+	a.mu.Lock()
+	_, had := a.revoked[jti]
+	a.revoked[jti] = struct{}{}
+	a.mu.Unlock()
+	if !had {
+		a.notify(jti)
 	}
 }
 
@@ -153,12 +201,13 @@ func (a *Authenticator) Revoke(ctx context.Context, jti string) error {
 	if err := a.o.Store.RevokeToken(ctx, jti, a.o.Now()); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	_, had := a.revoked[jti]
-	a.revoked[jti] = struct{}{}
-	a.mu.Unlock()
-	if !had {
-		a.notify(jti)
+	a.revoked1(jti)
+	if a.o.Bus != nil && store.ValidID(jti) {
+		// Other replicas learn it at once; if this fails they read it
+		// from the store at their next re-read.
+		if err := a.o.Bus.Publish(ctx, store.TopicRevoke, jti); err != nil {
+			a.log.Warn("publish revocation", zap.String("token", jti), zap.Error(err))
+		}
 	}
 	return nil
 }

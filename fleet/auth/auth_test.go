@@ -124,3 +124,108 @@ func TestBearer(t *testing.T) {
 		}
 	}
 }
+
+// toggleBus is a LocalBus whose liveness the test sets.
+type toggleBus struct {
+	store.LocalBus
+	live atomic.Bool
+}
+
+func (b *toggleBus) Live() bool { return b.live.Load() }
+
+// With a bus, a revocation reaches the other replica by notification at
+// once, although its store re-read is slowed to an hour; when the bus is
+// down the replica polls the store at its fast rate again; a Resync
+// makes it re-read at once.
+func TestRevocationByNotification(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	keys, err := token.OpenKeySet(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateProject(ctx, &store.Project{ID: "p1", Name: "p1", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	bus := &toggleBus{}
+	bus.live.Store(true)
+	newAuth := func(b store.Bus) *Authenticator {
+		au, err := New(ctx, Options{Keys: keys, Store: st, Bus: b, RefreshInterval: 50 * time.Millisecond, FallbackInterval: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return au
+	}
+	a, b := newAuth(bus), newAuth(bus)
+	// c shares the store but hears no notifications (another bus).
+	cbus := &toggleBus{}
+	cbus.live.Store(true)
+	c := newAuth(cbus)
+	for _, au := range []*Authenticator{b, c} {
+		go func() { _ = au.Run(ctx) }()
+	}
+	heard := make(chan string, 10)
+	b.OnRevoke(func(jti string) { heard <- jti })
+	heardC := make(chan string, 10)
+	c.OnRevoke(func(jti string) { heardC <- jti })
+	issue := func() string {
+		_, tk, err := a.Issue(ctx, IssueRequest{Kind: token.KindProject, ProjectID: "p1", Name: "w"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk.ID
+	}
+	wait := func(ch chan string, want string, within time.Duration) bool {
+		t.Helper()
+		deadline := time.After(within)
+		for {
+			select {
+			case got := <-ch:
+				if got == want {
+					return true
+				}
+			case <-deadline:
+				return false
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let Run start and do its first re-read
+
+	id1 := issue()
+	start := time.Now()
+	if err := a.Revoke(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	if !wait(heard, id1, 2*time.Second) {
+		t.Fatal("replica b did not hear the revocation by notification within 2s")
+	}
+	t.Logf("revocation heard by notification after %s", time.Since(start))
+	if wait(heardC, id1, 500*time.Millisecond) {
+		t.Fatal("replica c (no notification, store re-read slowed to 1h) heard the revocation: it is polling fast")
+	}
+	// c's bus goes down: it polls the store at RefreshInterval.
+	cbus.live.Store(false)
+	if !wait(heardC, id1, 2*time.Second) {
+		t.Fatal("replica c did not poll the store while its bus was down")
+	}
+	// A Resync makes c re-read at once although its bus is live again.
+	cbus.live.Store(true)
+	time.Sleep(200 * time.Millisecond)
+	id2 := issue()
+	if err := a.Revoke(ctx, id2); err != nil {
+		t.Fatal(err)
+	}
+	if wait(heardC, id2, 300*time.Millisecond) {
+		t.Fatal("replica c heard id2 before any resync")
+	}
+	cbus.ResyncAll()
+	if !wait(heardC, id2, 2*time.Second) {
+		t.Fatal("replica c did not re-read the store on Resync")
+	}
+}
