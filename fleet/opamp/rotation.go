@@ -12,11 +12,38 @@ import (
 )
 
 // rotationQueue holds agents waiting for a credential offer, deduplicated
-// and served in order at Options.RotationRate.
+// and served in order at Options.RotationRate. With a bus (UseBus), the
+// rotations of agents connected to other replicas wait in remote until
+// Run publishes them.
 type rotationQueue struct {
-	mu    sync.Mutex
-	order []string
-	in    map[string]bool
+	mu     sync.Mutex
+	order  []string
+	in     map[string]bool
+	bus    store.Bus
+	remote []string
+	inRem  map[string]bool
+}
+
+// pushRemote queues a rotation for the replica that holds the agent.
+func (q *rotationQueue) pushRemote(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.inRem == nil {
+		q.inRem = map[string]bool{}
+	}
+	if q.inRem[id] || len(q.remote) >= store.MaxPending {
+		return // beyond the bound: the agent is pending in the store and gets it on reconnect
+	}
+	q.inRem[id] = true
+	q.remote = append(q.remote, id)
+}
+
+func (q *rotationQueue) takeRemote() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.remote
+	q.remote, q.inRem = nil, nil
+	return out
 }
 
 func (q *rotationQueue) push(id string) {
@@ -55,7 +82,8 @@ func (s *Server) Queued() int {
 
 // RotateCredential asks for a new credential for one agent. The agent is
 // marked pending at once; the offer goes out in turn (paced), on its live
-// connection or, if it is offline, when it next connects.
+// connection here, on another replica's (through the bus, see UseBus),
+// or, if it is offline, when it next connects.
 func (s *Server) RotateCredential(ctx context.Context, agentID string) error {
 	if _, err := s.updateAgent(ctx, agentID, func(a *store.Agent) error {
 		a.RotationStatus, a.RotationError = "pending", ""
@@ -63,23 +91,40 @@ func (s *Server) RotateCredential(ctx context.Context, agentID string) error {
 	}); err != nil {
 		return err
 	}
+	if s.rq.bus != nil && !s.isLive(agentID) {
+		s.rq.pushRemote(agentID)
+		return nil
+	}
 	s.rq.push(agentID)
 	return nil
 }
 
 // Run paces queued rotations and rotates credentials that reached
-// Options.RotateAt of their life, until ctx ends.
+// Options.RotateAt of their life, until ctx ends. With a bus it also
+// publishes rotations meant for other replicas' agents and queues those
+// that other replicas publish for agents connected here.
 func (s *Server) Run(ctx context.Context) error {
 	const tick = 100 * time.Millisecond
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	budget := 0.0
 	lastScan := time.Time{}
+	var rotations <-chan store.Event
+	if s.rq.bus != nil {
+		rotations = s.rq.bus.Subscribe(ctx, store.TopicRotate)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case ev, ok := <-rotations:
+			if !ok {
+				rotations = nil
+				continue
+			}
+			s.takeRotations(ctx, ev)
 		case now := <-t.C:
+			s.publishRotations(ctx)
 			if now.Sub(lastScan) >= time.Second {
 				lastScan = now
 				s.scanExpiring()
