@@ -20,7 +20,7 @@ func TestSpec(t *testing.T) {
 			t.Errorf("program %q missing", p)
 		}
 	}
-	for _, m := range []string{ProfileMapCounts0, ProfileMapCounts1, ProfileMapStacks0, ProfileMapStacks1, ProfileMapStats, ProfileMapActiveSlot, ProfileMapKnownPids, ProfileMapNewPids} {
+	for _, m := range []string{ProfileMapCounts0, ProfileMapCounts1, ProfileMapStacks0, ProfileMapStacks1, ProfileMapUstacks0, ProfileMapUstacks1, ProfileMapScratch, ProfileMapStats, ProfileMapActiveSlot, ProfileMapKnownPids, ProfileMapNewPids} {
 		if spec.Maps[m] == nil {
 			t.Errorf("map %q missing", m)
 		}
@@ -39,7 +39,7 @@ func TestGeneratedUpToDate(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cmd := exec.CommandContext(t.Context(), "go", "tool", "bpf2go", "-go-package", "bpf", "-tags", "linux", "-target", "amd64,arm64",
-		"-type", "stack_key", "-output-dir", dir, "Profile", "profile.c", "--", "-I./headers")
+		"-type", "stack_key", "-type", "user_stack", "-output-dir", dir, "Profile", "profile.c", "--", "-I./headers")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bpf2go: %v\n%s", err, out)
 	}

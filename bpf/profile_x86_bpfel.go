@@ -17,9 +17,16 @@ type ProfileStackKey struct {
 	_             structs.HostLayout
 	Pid           uint32
 	Tid           uint32
-	UserStackId   int32
+	UserStack     uint64
 	KernelStackId int32
+	Pad           uint32
 	Comm          [16]int8
+}
+
+type ProfileUserStack struct {
+	_   structs.HostLayout
+	Len uint64
+	Ips [127]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -31,9 +38,12 @@ const (
 	ProfileMapCounts1    = "counts1"
 	ProfileMapKnownPids  = "known_pids"
 	ProfileMapNewPids    = "new_pids"
+	ProfileMapScratch    = "scratch"
 	ProfileMapStacks0    = "stacks0"
 	ProfileMapStacks1    = "stacks1"
 	ProfileMapStats      = "stats"
+	ProfileMapUstacks0   = "ustacks0"
+	ProfileMapUstacks1   = "ustacks1"
 	ProfileProgOnExec    = "on_exec"
 	ProfileProgSample    = "sample"
 )
@@ -93,9 +103,12 @@ type ProfileMapSpecs struct {
 	Counts1    *ebpf.MapSpec `ebpf:"counts1"`
 	KnownPids  *ebpf.MapSpec `ebpf:"known_pids"`
 	NewPids    *ebpf.MapSpec `ebpf:"new_pids"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Stacks0    *ebpf.MapSpec `ebpf:"stacks0"`
 	Stacks1    *ebpf.MapSpec `ebpf:"stacks1"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	Ustacks0   *ebpf.MapSpec `ebpf:"ustacks0"`
+	Ustacks1   *ebpf.MapSpec `ebpf:"ustacks1"`
 }
 
 // ProfileVariableSpecs contains global variables before they are loaded into the kernel.
@@ -129,9 +142,12 @@ type ProfileMaps struct {
 	Counts1    *ebpf.Map `ebpf:"counts1"`
 	KnownPids  *ebpf.Map `ebpf:"known_pids"`
 	NewPids    *ebpf.Map `ebpf:"new_pids"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Stacks0    *ebpf.Map `ebpf:"stacks0"`
 	Stacks1    *ebpf.Map `ebpf:"stacks1"`
 	Stats      *ebpf.Map `ebpf:"stats"`
+	Ustacks0   *ebpf.Map `ebpf:"ustacks0"`
+	Ustacks1   *ebpf.Map `ebpf:"ustacks1"`
 }
 
 func (m *ProfileMaps) Close() error {
@@ -141,9 +157,12 @@ func (m *ProfileMaps) Close() error {
 		m.Counts1,
 		m.KnownPids,
 		m.NewPids,
+		m.Scratch,
 		m.Stacks0,
 		m.Stacks1,
 		m.Stats,
+		m.Ustacks0,
+		m.Ustacks1,
 	)
 }
 

@@ -53,9 +53,10 @@ type Options struct {
 	// window; 0 means 16384. Samples that find the map full are counted as
 	// dropped (Window.Dropped and a metric).
 	CountEntries int
-	// StackEntries is the number of buckets of each stack map (distinct
-	// stacks of a window); 0 means 16384. Each costs 1 KiB of kernel
-	// memory, times two (double buffering).
+	// StackEntries bounds the distinct kernel stacks and, separately, the
+	// distinct user stacks of a window; 0 means 16384. Each entry costs
+	// about 1 KiB of kernel memory, times four (kernel and user maps,
+	// double buffered).
 	StackEntries int
 	// HotplugInterval is how often the online CPUs are re-read to follow
 	// CPU hotplug; 0 means 5s.
@@ -77,8 +78,8 @@ type Window struct {
 	Samples     []Sample
 	// Dropped counts samples lost because the count map was full.
 	Dropped uint64
-	// LostStacks counts stacks lost (stack map bucket taken or full);
-	// those samples are in Samples without that stack.
+	// LostStacks counts stacks lost (stack map bucket taken or busy, or
+	// map full); those samples are in Samples without that stack.
 	LostStacks uint64
 }
 

@@ -31,8 +31,12 @@ const (
 	statMax
 )
 
-// drainBatch is the number of count-map entries fetched per batch syscall.
-const drainBatch = 1024
+// drainBatch is the number of count-map entries fetched per batch
+// syscall; userBatch the same for the user stack maps (1 KiB a value).
+const (
+	drainBatch = 1024
+	userBatch  = 128
+)
 
 // Sampler owns the eBPF objects and one perf event per online CPU.
 // New, SetRate, Rate and Close may be called from any goroutine.
@@ -60,6 +64,9 @@ type Sampler struct {
 	vals      []uint64
 	frames    []uint64
 	stackIDs  map[int32][]uint64
+	uhashes   []uint64
+	ustacks   []bpf.ProfileUserStack
+	user      map[uint64][]uint64
 }
 
 type rateReq struct {
@@ -92,6 +99,9 @@ func New(opts Options) (*Sampler, error) {
 		vals:         make([]uint64, drainBatch),
 		frames:       make([]uint64, MaxStackDepth),
 		stackIDs:     map[int32][]uint64{},
+		uhashes:      make([]uint64, userBatch),
+		ustacks:      make([]bpf.ProfileUserStack, userBatch),
+		user:         map[uint64][]uint64{},
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		// Kernels >= 5.11 charge BPF memory to the cgroup, so this is
@@ -117,7 +127,7 @@ func (s *Sampler) load(opts Options) error {
 	for _, name := range []string{bpf.ProfileMapCounts0, bpf.ProfileMapCounts1} {
 		spec.Maps[name].MaxEntries = uint32(opts.CountEntries)
 	}
-	for _, name := range []string{bpf.ProfileMapStacks0, bpf.ProfileMapStacks1} {
+	for _, name := range []string{bpf.ProfileMapStacks0, bpf.ProfileMapStacks1, bpf.ProfileMapUstacks0, bpf.ProfileMapUstacks1} {
 		spec.Maps[name].MaxEntries = uint32(opts.StackEntries)
 	}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
@@ -356,19 +366,23 @@ func (s *Sampler) flush(start, end time.Time, hz int) (*Window, error) {
 	// Programs that read the old slot just before the switch finish
 	// within microseconds; let them.
 	time.Sleep(time.Millisecond)
-	counts, stacks := s.objs.Counts0, s.objs.Stacks0
+	counts, stacks, ustacks := s.objs.Counts0, s.objs.Stacks0, s.objs.Ustacks0
 	if old == 1 {
-		counts, stacks = s.objs.Counts1, s.objs.Stacks1
+		counts, stacks, ustacks = s.objs.Counts1, s.objs.Stacks1, s.objs.Ustacks1
 	}
 
 	w := &Window{Start: start, End: end, FrequencyHz: hz}
 	clear(s.stackIDs)
+	clear(s.user)
+	if err := s.drainUserStacks(ustacks); err != nil {
+		return nil, err
+	}
 	err := s.drainCounts(counts, func(k *bpf.ProfileStackKey, v uint64) {
 		w.Samples = append(w.Samples, Sample{
 			PID:    k.Pid,
 			TID:    k.Tid,
 			Comm:   comm(k.Comm),
-			User:   s.stack(stacks, k.UserStackId),
+			User:   s.user[k.UserStack],
 			Kernel: s.stack(stacks, k.KernelStackId),
 			Count:  v,
 		})
@@ -434,6 +448,53 @@ func (s *Sampler) drainCounts(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, ui
 			s.vals = make([]uint64, 2*len(s.vals))
 		case err != nil:
 			return fmt.Errorf("drain counts: %w", err)
+		}
+	}
+}
+
+// drainUserStacks empties the user stack map of the idle slot into s.user
+// (hash to frames, leaf first), in batches.
+func (s *Sampler) drainUserStacks(ustacks *ebpf.Map) error {
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := ustacks.BatchLookupAndDelete(&cursor, s.uhashes, s.ustacks, nil)
+		for i := range n {
+			st := &s.ustacks[i]
+			s.user[s.uhashes[i]] = slices.Clone(st.Ips[:min(st.Len, MaxStackDepth)])
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return s.drainUserOneByOne(ustacks)
+		case errors.Is(err, unix.ENOSPC):
+			s.uhashes = make([]uint64, 2*len(s.uhashes))
+			s.ustacks = make([]bpf.ProfileUserStack, 2*len(s.ustacks))
+		case err != nil:
+			return fmt.Errorf("drain user stacks: %w", err)
+		}
+	}
+}
+
+// drainUserOneByOne is the fallback for kernels without batch operations.
+// Nothing writes to the idle slot, so deleting as it goes is safe.
+func (s *Sampler) drainUserOneByOne(ustacks *ebpf.Map) error {
+	var h uint64
+	st := &s.ustacks[0]
+	for {
+		if err := ustacks.NextKey(nil, &h); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return nil
+			}
+			return fmt.Errorf("drain user stacks: %w", err)
+		}
+		if err := ustacks.Lookup(&h, st); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("drain user stacks: %w", err)
+		} else if err == nil {
+			s.user[h] = slices.Clone(st.Ips[:min(st.Len, MaxStackDepth)])
+		}
+		if err := ustacks.Delete(&h); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("drain user stacks: %w", err)
 		}
 	}
 }

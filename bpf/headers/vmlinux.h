@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /* Minimal hand-written subset of vmlinux.h: only the types profile.c uses.
- * profile.c reads no kernel struct, so it needs no CO-RE relocation and
- * loads on kernels without BTF too. A struct added here for a field read
- * must carry __attribute__((preserve_access_index)) (CO-RE). */
+ * The kernel structs profile.c reads (task_struct, pt_regs) carry
+ * __attribute__((preserve_access_index)) (CO-RE), so the object needs the
+ * running kernel's BTF; so does bpf_get_current_task_btf. */
 #ifndef __VMLINUX_MIN_H__
 #define __VMLINUX_MIN_H__
 
@@ -51,16 +51,14 @@ enum {
 
 /* Registers of the interrupted context (UAPI bpf_user_pt_regs_t; its
  * layout is fixed per architecture, and ctx reads of it are rewritten by
- * the verifier, so no CO-RE is needed). Only the mode bits are read. */
+ * the verifier, so no CO-RE is needed). */
 #if defined(__TARGET_ARCH_x86)
 struct bpf_user_pt_regs {
-	/* struct pt_regs: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di
-	 * orig_ax ip, then cs (its low two bits: the privilege level). */
-	__u64 before_cs[17];
-	__u64 cs;
-	__u64 flags;
-	__u64 sp;
-	__u64 ss;
+	/* struct pt_regs of x86-64 (UAPI for BPF and ptrace). */
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
+	__u64 orig_ax, ip;
+	__u64 cs; /* low two bits: the privilege level */
+	__u64 flags, sp, ss;
 };
 #define USER_MODE(regs) (((regs)->cs & 3) == 3)
 #elif defined(__TARGET_ARCH_arm64)
@@ -75,6 +73,33 @@ struct bpf_user_pt_regs {
 #else
 #error "profile.c: unsupported target architecture"
 #endif
+
+/* Kernel structs read through BTF pointers (CO-RE: field offsets are
+ * relocated against the running kernel's BTF when the object loads). Only
+ * the fields profile.c reads. */
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs {
+	unsigned long bp;
+	unsigned long ip;
+	/* A u16 in a union since FRED (6.9), an unsigned long before: a
+	 * 2-byte load of its start is right on both (little endian). */
+	unsigned short cs;
+	unsigned long sp;
+} __attribute__((preserve_access_index));
+#elif defined(__TARGET_ARCH_arm64)
+struct pt_regs {
+	/* In an anonymous union/struct in the kernel; CO-RE finds them
+	 * by name. */
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+} __attribute__((preserve_access_index));
+#endif
+
+struct task_struct {
+	unsigned int flags;
+} __attribute__((preserve_access_index));
 
 /* Context of perf_event programs. */
 struct bpf_perf_event_data {
