@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/fleetprof/fleetprof/fleet/opamp"
-	"github.com/fleetprof/fleetprof/fleet/rollout"
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/postgres"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
@@ -44,13 +45,21 @@ type replica struct {
 	st    fleetStore
 	keys  *token.KeySet
 	lease *postgres.Lease // nil: alone, always the leader
-	log   *zap.Logger
+	// bus carries revocations, rotations and assignment changes between
+	// replicas (in-process on SQLite); pgBus is it on PostgreSQL.
+	bus   store.Bus
+	pgBus *postgres.Bus
+	// fallback is how often the store is re-read while the bus is live
+	// (0: the readers' defaults).
+	fallback time.Duration
+	log      *zap.Logger
 }
 
-// openReplica opens the store that o names and the signing keys.
-func openReplica(ctx context.Context, o Options, log *zap.Logger) (*replica, error) {
+// openReplica opens the store that o names, the signing keys and the
+// bus between replicas (its metrics go to reg).
+func openReplica(ctx context.Context, o Options, log *zap.Logger, reg prometheus.Registerer) (*replica, error) {
 	keyDir := filepath.Join(o.DataDir, "keys")
-	r := &replica{log: log}
+	r := &replica{log: log, fallback: fallbackHook(log)}
 	openKeys := func() (err error) {
 		r.keys, err = token.OpenKeySet(keyDir)
 		return err
@@ -73,6 +82,7 @@ func openReplica(ctx context.Context, o Options, log *zap.Logger) (*replica, err
 			return nil, err
 		}
 		r.st = st
+		r.bus = &store.LocalBus{}
 	case StorePostgres:
 		if o.PostgresDSN == "" {
 			return nil, fmt.Errorf("--store %s needs --postgres-dsn", StorePostgres)
@@ -96,7 +106,12 @@ func openReplica(ctx context.Context, o Options, log *zap.Logger) (*replica, err
 			st.Close()
 			return nil, err
 		}
-		r.st = st
+		r.pgBus, err = st.NewBus(postgres.BusOptions{Logger: log.Named("bus"), Registerer: reg})
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		r.st, r.bus = st, r.pgBus
 	default:
 		return nil, fmt.Errorf("--store: %q is neither %s nor %s", o.Store, StoreSQLite, StorePostgres)
 	}
@@ -111,78 +126,140 @@ func (r *replica) leader() func() bool {
 	return r.lease.Leader
 }
 
-// run keeps the leader lease and pushes configs that another replica
-// assigned to this replica's agents, until ctx ends.
-func (r *replica) run(ctx context.Context, op *opamp.Server, ro *rollout.Controller) error {
+// rolloutStore is the store the rollout controller and the release
+// manager write through: with other replicas it publishes assignment
+// changes on the bus.
+func (r *replica) rolloutStore() store.Store {
+	if r.lease == nil {
+		return r.st // alone: the writer pushes to its own agents
+	}
+	ps := &publishingStore{fleetStore: r.st, bus: r.bus, log: r.log.Named("bus")}
+	if rs, ok := r.st.(store.Releases); ok {
+		return &publishingReleases{publishingStore: ps, Releases: rs}
+	}
+	return ps
+}
+
+// agentStatus is what a replica tells the rollout controller and the
+// release manager of an agent whose assignment changed elsewhere.
+type agentStatus interface{ OnAgentStatus(a *store.Agent) }
+
+// run keeps the leader lease, listens on the bus and pushes configs and
+// releases that another replica assigned to this replica's agents, until
+// ctx ends.
+func (r *replica) run(ctx context.Context, op *opamp.Server, to ...agentStatus) error {
 	if r.lease == nil {
 		return nil
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.lease.Run(ctx) // returns nil when ctx ends; logs its own errors
-	}()
-	err := r.reconcile(ctx, op, ro, time.Second)
-	<-done
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.lease.Run(ctx) }) // returns nil when ctx ends; logs its own errors
+	if r.pgBus != nil {
+		wg.Go(func() { _ = r.pgBus.Run(ctx) })
+	}
+	err := r.reconcile(ctx, op, to, time.Second, r.fallback)
+	wg.Wait()
 	return err
 }
 
-// reconcile polls the assignments every tick and queues this replica's
-// connected agents whose assignment changed for a config check by the
-// rollout controller (which pushes when the agent runs another hash).
-// The leader changes assignments of agents connected anywhere; this is
-// how they reach the agents connected here.
-func (r *replica) reconcile(ctx context.Context, op *opamp.Server, ro *rollout.Controller, every time.Duration) error {
+// reconcile queues this replica's connected agents whose assignment
+// changed for a check by the rollout controller (which pushes when the
+// agent runs another hash) and the release manager. The leader changes
+// assignments of agents connected anywhere and publishes them on the
+// bus; this is how they reach the agents connected here. The
+// assignments are also polled: every tick while the bus is not live,
+// every fallback (0 means 10s) while it is, and at once on a resync.
+func (r *replica) reconcile(ctx context.Context, op *opamp.Server, to []agentStatus, every, fallback time.Duration) error {
+	if fallback <= 0 {
+		fallback = 10 * time.Second
+	}
 	seen := map[string]string{} // agent id → config hash + update time
 	t := time.NewTicker(every)
 	defer t.Stop()
+	assigned := r.bus.Subscribe(ctx, store.TopicAssign)
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case ev, ok := <-assigned:
+			if !ok {
+				assigned = nil
+				continue
+			}
+			r.queue(ctx, op, to, ev.IDs)
+			if !ev.Resync {
+				continue
+			}
 		case <-t.C:
+			if r.bus.Live() && time.Since(last) < fallback {
+				continue
+			}
 		}
-		ids := op.Connected()
-		if len(ids) == 0 {
+		last = time.Now()
+		r.poll(ctx, op, to, seen)
+	}
+}
+
+// queue hands the agents of ids that are connected here to the readers.
+func (r *replica) queue(ctx context.Context, op *opamp.Server, to []agentStatus, ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	local := map[string]bool{}
+	for _, id := range op.Connected() {
+		local[id] = true
+	}
+	for _, id := range ids {
+		if !local[id] {
 			continue
 		}
-		local := make(map[string]bool, len(ids))
-		for _, id := range ids {
-			local[id] = true
-		}
-		ps, err := r.st.ListProjects(ctx)
+		a, err := r.st.AgentByID(ctx, id)
 		if err != nil {
-			if ctx.Err() == nil {
-				r.log.Warn("reconcile assignments: list projects", zap.Error(err))
-			}
 			continue
 		}
-		var changed []string
-		for _, p := range ps {
-			asgs, err := r.st.ListAssignments(ctx, p.ID)
-			if err != nil {
-				if ctx.Err() == nil {
-					r.log.Warn("reconcile assignments", zap.String("project", p.ID), zap.Error(err))
-				}
-				continue
-			}
-			for _, a := range asgs {
-				key := a.ConfigHash + "@" + a.UpdatedAt.String()
-				if seen[a.AgentID] == key {
-					continue
-				}
-				seen[a.AgentID] = key
-				if local[a.AgentID] {
-					changed = append(changed, a.AgentID)
-				}
-			}
-		}
-		for _, id := range changed {
-			a, err := r.st.AgentByID(ctx, id)
-			if err != nil {
-				continue
-			}
-			ro.OnAgentStatus(a)
+		for _, f := range to {
+			f.OnAgentStatus(a)
 		}
 	}
+}
+
+// poll reads every project's assignments and queues the agents connected
+// here whose assignment changed since the last poll.
+func (r *replica) poll(ctx context.Context, op *opamp.Server, to []agentStatus, seen map[string]string) {
+	ids := op.Connected()
+	if len(ids) == 0 {
+		return
+	}
+	local := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		local[id] = true
+	}
+	ps, err := r.st.ListProjects(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("reconcile assignments: list projects", zap.Error(err))
+		}
+		return
+	}
+	var changed []string
+	for _, p := range ps {
+		asgs, err := r.st.ListAssignments(ctx, p.ID)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("reconcile assignments", zap.String("project", p.ID), zap.Error(err))
+			}
+			continue
+		}
+		for _, a := range asgs {
+			key := a.ConfigHash + "@" + a.UpdatedAt.String()
+			if seen[a.AgentID] == key {
+				continue
+			}
+			seen[a.AgentID] = key
+			if local[a.AgentID] {
+				changed = append(changed, a.AgentID)
+			}
+		}
+	}
+	r.queue(ctx, op, to, changed)
 }

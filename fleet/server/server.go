@@ -97,26 +97,27 @@ func Run(ctx context.Context, o Options) error {
 		o.PublicURL = scheme + "://" + ln.Addr().String()
 	}
 
-	rep, err := openReplica(ctx, o, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rep, err := openReplica(ctx, o, log, reg)
 	if err != nil {
 		return err
 	}
 	st, keys := rep.st, rep.keys
 	defer st.Close()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	au, err := auth.New(ctx, auth.Options{Keys: keys, Store: st, Issuer: o.PublicURL, Logger: log.Named("auth"), Registerer: reg})
+	au, err := auth.New(ctx, auth.Options{Keys: keys, Store: st, Issuer: o.PublicURL, Logger: log.Named("auth"), Registerer: reg,
+		Bus: rep.bus, FallbackInterval: rep.fallback})
 	if err != nil {
 		return err
 	}
 	if err := ensureAdminToken(ctx, o.DataDir, au, log); err != nil {
 		return err
 	}
-	ro, err := rollout.New(rollout.Options{Store: st, Logger: log.Named("rollout"), Leader: rep.leader()})
+	ro, err := rollout.New(rollout.Options{Store: rep.rolloutStore(), Logger: log.Named("rollout"), Leader: rep.leader()})
 	if err != nil {
 		return err
 	}
-	rel, err := release.New(release.Options{Store: st, DataDir: o.DataDir, FleetURL: o.PublicURL, Logger: log.Named("release"), Leader: rep.leader()})
+	rel, err := release.New(release.Options{Store: rep.rolloutStore(), DataDir: o.DataDir, FleetURL: o.PublicURL, Logger: log.Named("release"), Leader: rep.leader()})
 	if err != nil && !errors.Is(err, release.ErrUnsupported) {
 		return err
 	}
@@ -132,6 +133,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	op.UseBus(rep.bus) // on-demand rotations reach agents on other replicas
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL})
 	ps, err := profiles.Open(ctx, filepath.Join(o.DataDir, "profiles"), &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,
@@ -212,7 +214,7 @@ func Run(ctx context.Context, o Options) error {
 	g.Go(func() error { return au.Run(gctx) })
 	g.Go(func() error { return ro.Run(gctx, op) })
 	g.Go(func() error { return rel.Run(gctx, op) })
-	g.Go(func() error { return rep.run(gctx, op, ro) })
+	g.Go(func() error { return rep.run(gctx, op, ro, rel) })
 	g.Go(func() error { return op.Run(gctx) })
 	g.Go(func() error { return ps.Run(gctx) })
 	g.Go(func() error {
