@@ -323,3 +323,51 @@ func TestDisconnectIdleWebSocket(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// FuzzWebSocketFrames feeds arbitrary bytes to the server as the frames of
+// an accepted WebSocket: nothing may crash or hang the server, and it
+// still serves a good agent afterwards.
+func FuzzWebSocketFrames(f *testing.F) {
+	fx := newFixture(f, Options{MaxMessageBytes: 64 << 10})
+	msg := append([]byte{0}, marshal(f, enrollMsg("fuzz"))...)
+	frame := func(b0 byte, p []byte) []byte {
+		out := []byte{b0, 0x80 | byte(len(p)), 0, 0, 0, 0}
+		return append(out, p...)
+	}
+	f.Add(frame(0x82, msg))
+	f.Add(append(frame(0x02, msg[:5]), frame(0x80, msg[5:])...))
+	f.Add(frame(0x89, []byte("ping")))
+	f.Add(frame(0x88, []byte{0x03, 0xe8}))
+	f.Add([]byte{0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4})
+	f.Add([]byte{0x82, 0x01, 0x00})
+	f.Add(frame(0x81, []byte("text")))
+	addr := strings.TrimPrefix(fx.http.URL, "http://")
+	req := "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + fx.boot + "\r\n\r\n"
+	f.Fuzz(func(t *testing.T, data []byte) {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		// The server may answer (pongs) faster than this reader reads:
+		// bound the write too.
+		_ = nc.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := nc.Write(append([]byte(req), data...)); err != nil {
+			return // the server may hang up first
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		buf := make([]byte, 1024)
+		for {
+			if _, err := nc.Read(buf); err != nil {
+				break
+			}
+		}
+	})
+	// The server still takes a good agent.
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+Path, http.Header{"Authorization": {"Bearer " + fx.boot}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+}
