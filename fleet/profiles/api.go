@@ -80,6 +80,9 @@ func writeError(w http.ResponseWriter, err error) {
 		ae = &apiError{http.StatusBadRequest, "invalid_argument", err.Error()}
 	case errors.Is(err, ErrNotFound):
 		ae = &apiError{http.StatusNotFound, "not_found", err.Error()}
+	case errors.Is(err, ErrUnavailable):
+		ae = &apiError{http.StatusServiceUnavailable, "unavailable", err.Error()}
+		w.Header().Set("Retry-After", "5")
 	default:
 		ae = &apiError{http.StatusInternalServerError, "internal", err.Error()}
 	}

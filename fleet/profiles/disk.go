@@ -10,11 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/google/pprof/profile"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
@@ -48,6 +48,11 @@ type Options struct {
 	OrphanGrace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Blobs holds the profile blobs; nil means a DirBlobs in the store's
+	// directory (dir/blobs). Several stores must not share one Blobs unless
+	// they share the index too: each store's cleanup removes the blobs its
+	// index does not know.
+	Blobs Blobs
 }
 
 func (o *Options) withDefaults() Options {
@@ -80,16 +85,17 @@ func (o *Options) withDefaults() Options {
 }
 
 // DiskStore is the embedded Store: each profile is an immutable gzipped
-// pprof file under dir/blobs, indexed in the SQLite database dir/index.db.
-// A blob is durable (written to a temp file, fsynced, renamed, directory
-// fsynced) before its index row is committed, so a crash leaves at worst an
-// orphan blob, which the cleanup removes.
+// pprof blob (a file under dir/blobs, or an object in a bucket: see
+// Options.Blobs), indexed in the SQLite database dir/index.db. A blob is
+// durable before its index row is committed, so a crash or a failed write
+// leaves at worst an orphan blob, which the cleanup removes.
 type DiskStore struct {
-	dir  string
-	opts Options
-	log  *zap.Logger
-	w    *sql.DB // one connection: writes are serialized
-	r    *sql.DB
+	dir   string
+	opts  Options
+	log   *zap.Logger
+	blobs Blobs
+	w     *sql.DB // one connection: writes are serialized
+	r     *sql.DB
 
 	mu     sync.Mutex
 	series map[string]int64 // project \x00 type \x00 labels → id
@@ -135,10 +141,18 @@ CREATE INDEX IF NOT EXISTS profiles_level_time ON profiles (level, time_ns);
 // orphan blobs and dangling index rows before returning.
 func Open(ctx context.Context, dir string, opts *Options) (*DiskStore, error) {
 	o := opts.withDefaults()
-	for _, d := range []string{dir, filepath.Join(dir, "blobs"), filepath.Join(dir, "tmp")} {
+	for _, d := range []string{dir, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create profile store dir: %w", err)
 		}
+	}
+	blobs := o.Blobs
+	if blobs == nil {
+		db, err := NewDirBlobs(filepath.Join(dir, "blobs"))
+		if err != nil {
+			return nil, err
+		}
+		blobs = db
 	}
 	dsn := "file:" + filepath.Join(dir, "index.db") +
 		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
@@ -157,7 +171,7 @@ func Open(ctx context.Context, dir string, opts *Options) (*DiskStore, error) {
 		return nil, fmt.Errorf("open profile index: %w", err)
 	}
 	r.SetMaxOpenConns(4)
-	s := &DiskStore{dir: dir, opts: o, log: o.Logger, w: w, r: r, series: map[string]int64{}}
+	s := &DiskStore{dir: dir, opts: o, log: o.Logger, blobs: blobs, w: w, r: r, series: map[string]int64{}}
 	s.m = storeMetrics{
 		written:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_profiles_written_total", Help: "Profiles written to the profile store."}),
 		bytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_profiles_written_bytes_total", Help: "Bytes of gzipped pprof written to the profile store."}),
@@ -222,10 +236,16 @@ func labelsKey(l map[string]string) string {
 	return string(b)
 }
 
-// Write stores the profiles all or nothing. Blobs are written by the
-// caller's goroutine; index rows of concurrent writers are committed
-// together (group commit: one directory fsync and one SQLite transaction
-// for all waiting writers).
+// putConcurrency bounds the blobs of one Write stored at once.
+const putConcurrency = 8
+
+// Write stores the profiles all or nothing: blobs first (by the caller's
+// goroutine and a few helpers), then the index rows. Rows of concurrent
+// writers are committed together (group commit: one SQLite transaction for
+// all waiting writers). When a blob cannot be stored no row is written,
+// the blobs already stored are deleted (or left to the orphan cleanup),
+// and the error wraps ErrUnavailable if the backend is an unreachable
+// object store.
 func (s *DiskStore) Write(ctx context.Context, projectID string, ps []Profile) (err error) {
 	if len(ps) == 0 {
 		return nil
@@ -233,22 +253,26 @@ func (s *DiskStore) Write(ctx context.Context, projectID string, ps []Profile) (
 	if projectID == "" {
 		return fmt.Errorf("write profiles: empty project: %w", ErrInvalid)
 	}
-	req := &commitReq{project: projectID, ps: ps, dirs: map[string]bool{}, done: make(chan error, 1)}
+	req := &commitReq{project: projectID, ps: ps, rels: make([]string, len(ps)), done: make(chan error, 1)}
+	for i, p := range ps {
+		req.rels[i] = blobKey(projectID, p.Time)
+	}
 	defer func() {
 		if err != nil {
-			for _, rel := range req.rels {
-				os.Remove(filepath.Join(s.dir, "blobs", rel))
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if derr := s.blobs.Delete(dctx, req.rels...); derr != nil {
+				s.log.Warn("blobs of a failed write left to the orphan cleanup", zap.Error(derr))
 			}
 		}
 	}()
-	for _, p := range ps {
-		rel := filepath.Join(projectDir(projectID), p.Time.UTC().Format("2006010215"),
-			fmt.Sprintf("%d-%s.pb.gz", p.Time.UnixNano(), randHex()))
-		if err := s.writeBlob(rel, p.Data); err != nil {
-			return err
-		}
-		req.rels = append(req.rels, rel)
-		req.dirs[filepath.Dir(rel)] = true
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(putConcurrency)
+	for i, p := range ps {
+		g.Go(func() error { return s.blobs.Put(gctx, req.rels[i], p.Data) })
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("store profile blobs: %w", err)
 	}
 	s.pmu.Lock()
 	s.pending = append(s.pending, req)
@@ -277,7 +301,6 @@ type commitReq struct {
 	project string
 	ps      []Profile
 	rels    []string
-	dirs    map[string]bool
 	done    chan error
 }
 
@@ -341,34 +364,6 @@ func randHex() string {
 	return hex.EncodeToString(b[:])
 }
 
-// writeBlob writes data durably at blobs/rel: temp file, fsync, rename.
-func (s *DiskStore) writeBlob(rel string, data []byte) error {
-	final := filepath.Join(s.dir, "blobs", rel)
-	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return fmt.Errorf("create blob dir: %w", err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(final), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temp blob: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, final)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write blob %s: %w", rel, werr)
-	}
-	return nil
-}
-
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -401,8 +396,12 @@ func (s *DiskStore) deleteRows(ctx context.Context, rows []row) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit delete: %w", err)
 	}
-	for _, r := range rows {
-		os.Remove(filepath.Join(s.dir, "blobs", r.blob))
+	keys := make([]string, len(rows))
+	for i, r := range rows {
+		keys[i] = r.blob
+	}
+	if err := s.blobs.Delete(ctx, keys...); err != nil {
+		s.log.Warn("blobs of deleted rows left to the orphan cleanup", zap.Error(err))
 	}
 	return nil
 }
@@ -523,7 +522,10 @@ func (s *DiskStore) compactGroup(ctx context.Context, rows []row) error {
 	var live []row
 	start, end, total := rows[0].timeNS, int64(0), int64(0)
 	for _, r := range rows {
-		p, err := s.readBlob(r.blob)
+		p, err := s.readBlob(ctx, r.blob)
+		if errors.Is(err, ErrUnavailable) {
+			return err
+		}
 		if err != nil {
 			s.log.Warn("compaction skips unreadable blob", zap.String("blob", r.blob), zap.Error(err))
 			continue
@@ -552,54 +554,70 @@ func (s *DiskStore) compactGroup(ctx context.Context, rows []row) error {
 	if err := merged.Write(&buf); err != nil {
 		return fmt.Errorf("encode compacted profile: %w", err)
 	}
-	blobRel := filepath.Join(filepath.Dir(live[0].blob), fmt.Sprintf("%d-c-%s.pb.gz", start, randHex()))
-	if err := s.writeBlob(blobRel, buf.Bytes()); err != nil {
+	blobRel := path.Join(path.Dir(live[0].blob), fmt.Sprintf("%d-c-%s.pb.gz", start, randHex()))
+	if err := s.blobs.Put(ctx, blobRel, buf.Bytes()); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Join(s.dir, "blobs", filepath.Dir(blobRel))); err != nil {
-		return err
+	if d, ok := s.blobs.(*DirBlobs); ok {
+		// The originals go after the commit: the rename must be durable first.
+		if err := d.syncKeyDir(blobRel); err != nil {
+			return err
+		}
 	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.blobs.Delete(context.WithoutCancel(ctx), blobRel)
+		}
+	}()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		os.Remove(filepath.Join(s.dir, "blobs", blobRel))
 		return fmt.Errorf("begin compaction: %w", err)
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (series_id, time_ns, duration_ns, total, size, blob, level) VALUES (?, ?, ?, ?, ?, ?, 1)`,
 		rows[0].seriesID, start, end-start, total, buf.Len(), blobRel); err != nil {
-		os.Remove(filepath.Join(s.dir, "blobs", blobRel))
 		return fmt.Errorf("insert compacted row: %w", err)
 	}
 	for _, r := range live {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, r.id); err != nil {
-			os.Remove(filepath.Join(s.dir, "blobs", blobRel))
+		res, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, r.id)
+		if err != nil {
 			return fmt.Errorf("delete compacted row: %w", err)
+		}
+		if n, err := res.RowsAffected(); err == nil && n != 1 {
+			// Removed meanwhile (retention, or another compactor on a
+			// shared index): give up this group, the next pass redoes it.
+			return nil
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		os.Remove(filepath.Join(s.dir, "blobs", blobRel))
 		return fmt.Errorf("commit compaction: %w", err)
 	}
-	for _, r := range live {
-		os.Remove(filepath.Join(s.dir, "blobs", r.blob))
+	committed = true
+	keys := make([]string, len(live))
+	for i, r := range live {
+		keys[i] = r.blob
+	}
+	if err := s.blobs.Delete(ctx, keys...); err != nil {
+		s.log.Warn("compacted blobs left to the orphan cleanup", zap.Error(err))
 	}
 	s.m.compacted.Add(float64(len(live)))
 	return nil
 }
 
 // Cleanup removes temp files and blobs without an index row, and index
-// rows whose blob is missing. At startup (all=true) nothing can be in
-// flight, so every orphan goes; otherwise only those older than OrphanGrace.
+// rows whose blob is missing. At startup (all=true) with blobs that only
+// this store writes (Blobs.Exclusive), nothing can be in flight, so every
+// orphan goes; otherwise only those older than OrphanGrace.
 func (s *DiskStore) Cleanup(ctx context.Context, all bool) error {
 	graceCut := s.opts.Now().Add(-s.opts.OrphanGrace)
-	old := func(info fs.FileInfo) bool { return all || info.ModTime().Before(graceCut) }
-	tmpDir := filepath.Join(s.dir, "tmp")
+	tmpDir := filepath.Join(s.dir, "tmp") // this store's own
 	ents, err := os.ReadDir(tmpDir)
 	if err != nil {
 		return fmt.Errorf("read temp dir: %w", err)
 	}
 	for _, e := range ents {
-		if info, err := e.Info(); err == nil && old(info) {
+		if info, err := e.Info(); err == nil && (all || info.ModTime().Before(graceCut)) {
 			if os.Remove(filepath.Join(tmpDir, e.Name())) == nil {
 				s.m.orphans.Inc()
 			}
@@ -623,70 +641,79 @@ func (s *DiskStore) Cleanup(ctx context.Context, all bool) error {
 	if err := rs.Err(); err != nil {
 		return fmt.Errorf("list profile rows: %w", err)
 	}
-	blobDir := filepath.Join(s.dir, "blobs")
-	var dirs []string
-	err = filepath.WalkDir(blobDir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil // vanished meanwhile
-		}
-		if d.IsDir() {
-			if path != blobDir {
-				dirs = append(dirs, path)
-			}
+	all = all && s.blobs.Exclusive()
+	old := func(t time.Time) bool { return all || t.Before(graceCut) }
+	var orphans []string
+	err = s.blobs.List(ctx, "", func(b BlobInfo) error {
+		if _, ok := indexed[b.Key]; ok {
+			delete(indexed, b.Key)
 			return nil
 		}
-		rel, _ := filepath.Rel(blobDir, path)
-		if _, ok := indexed[rel]; ok {
-			delete(indexed, rel)
-			return nil
-		}
-		if info, err := d.Info(); err == nil && old(info) {
-			if os.Remove(path) == nil {
-				s.m.orphans.Inc()
-			}
+		if old(b.Modified) {
+			orphans = append(orphans, b.Key)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("walk blobs: %w", err)
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	for len(orphans) > 0 {
+		n := min(len(orphans), 1000)
+		if err := s.blobs.Delete(ctx, orphans[:n]...); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		s.m.orphans.Add(float64(n))
+		orphans = orphans[n:]
 	}
 	if len(indexed) > 0 {
-		tx, err := s.w.BeginTx(ctx, nil)
-		if err != nil {
-			return fmt.Errorf("begin dangling row removal: %w", err)
-		}
-		defer tx.Rollback()
-		n := 0
+		var dangling []int64
 		for blob, id := range indexed {
-			if _, err := os.Stat(filepath.Join(blobDir, blob)); err == nil {
-				continue // written during the walk
+			ok, err := s.blobs.Exists(ctx, blob)
+			if err != nil {
+				return fmt.Errorf("cleanup: %w", err)
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, id); err != nil {
-				return fmt.Errorf("delete dangling row: %w", err)
+			if !ok { // else written during the listing
+				dangling = append(dangling, id)
 			}
-			n++
 		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("commit dangling row removal: %w", err)
+		if err := s.deleteRowIDs(ctx, dangling); err != nil {
+			return err
 		}
-		if n > 0 {
-			s.log.Warn("removed index rows without a blob", zap.Int("rows", n))
+		if len(dangling) > 0 {
+			s.log.Warn("removed index rows without a blob", zap.Int("rows", len(dangling)))
 		}
-		s.m.dangling.Add(float64(n))
+		s.m.dangling.Add(float64(len(dangling)))
 	}
-	if all {
-		sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-		for _, d := range dirs {
-			os.Remove(d) // only succeeds when empty
-		}
+	if d, ok := s.blobs.(*DirBlobs); ok && all {
+		d.pruneEmptyDirs()
 	}
 	return nil
 }
 
-func (s *DiskStore) readBlob(rel string) (*profile.Profile, error) {
-	data, err := os.ReadFile(filepath.Join(s.dir, "blobs", rel))
+func (s *DiskStore) deleteRowIDs(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("read blob: %w", err)
+		return fmt.Errorf("begin dangling row removal: %w", err)
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("delete dangling row: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit dangling row removal: %w", err)
+	}
+	return nil
+}
+
+func (s *DiskStore) readBlob(ctx context.Context, key string) (*profile.Profile, error) {
+	data, err := s.blobs.Get(ctx, key)
+	if err != nil {
+		return nil, err
 	}
 	return parseBlob(data)
 }
@@ -710,17 +737,20 @@ func parseBlob(data []byte) (*profile.Profile, error) {
 	return p, nil
 }
 
-// Stats reports the number of index rows and blob files, for tests and
-// the admin.
+// Stats reports the number of index rows and of blobs (temp files not
+// counted), for tests and the admin.
 func (s *DiskStore) Stats(ctx context.Context) (rows, blobs int, err error) {
 	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM profiles`).Scan(&rows); err != nil {
 		return 0, 0, fmt.Errorf("count profile rows: %w", err)
 	}
-	err = filepath.WalkDir(filepath.Join(s.dir, "blobs"), func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(d.Name(), ".pb.gz") {
+	err = s.blobs.List(ctx, "", func(b BlobInfo) error {
+		if strings.HasSuffix(b.Key, ".pb.gz") && !strings.HasPrefix(path.Base(b.Key), ".tmp-") {
 			blobs++
 		}
 		return nil
 	})
 	return rows, blobs, err
 }
+
+// Blobs returns where the store keeps its blobs.
+func (s *DiskStore) Blobs() Blobs { return s.blobs }

@@ -1,3 +1,3 @@
-// Package profiles stores ingested pprof profiles (blobs on disk, an SQLite
-// index) and answers queries over them: types, labels, series, merges.
+// Package profiles stores ingested pprof profiles (blobs in a directory or
+// an S3 bucket, an SQLite index) and answers queries over them.
 package profiles

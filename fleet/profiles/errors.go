@@ -10,4 +10,7 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("profile store closed")
+	// ErrUnavailable: the blob backend (an object store) cannot be reached
+	// or failed; nothing was stored, and the write may be retried later.
+	ErrUnavailable = errors.New("profile storage unavailable")
 )

@@ -224,7 +224,7 @@ func (s *DiskStore) merge(ctx context.Context, projectID string, q Query) (*prof
 		go func() {
 			defer wg.Done()
 			for r := range jobs {
-				p, err := s.readBlob(r.blob)
+				p, err := s.readBlob(ctx, r.blob)
 				if err == nil {
 					err = onlySampleType(p, t)
 				}

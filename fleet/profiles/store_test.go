@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 
 	"github.com/fleetprof/fleetprof/fleet/profiles"
 	"github.com/fleetprof/fleetprof/fleet/profiles/profilestest"
+	"github.com/fleetprof/fleetprof/test/harness"
+	"github.com/fleetprof/fleetprof/test/s3"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -34,6 +37,88 @@ func openStore(t testing.TB, dir string, o *profiles.Options) *profiles.DiskStor
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// backend is where a test's stores keep their blobs: the local directory
+// ("dir") or a fresh bucket of the package's versitygw ("s3").
+type backend struct {
+	name   string
+	bucket string
+}
+
+// backends runs f once per blob backend, as subtests.
+func backends(t *testing.T, f func(t *testing.T, b *backend)) {
+	for _, name := range []string{"dir", "s3"} {
+		t.Run(name, func(t *testing.T) {
+			b := &backend{name: name}
+			if name == "s3" {
+				b.bucket = sharedS3(t).Bucket(t)
+			}
+			f(t, b)
+		})
+	}
+}
+
+// exclusive: only one store writes the blobs (the startup cleanup may
+// remove young orphans).
+func (b *backend) exclusive() bool { return b.name == "dir" }
+
+// options returns o (copied) with the backend's Blobs.
+func (b *backend) options(t testing.TB, o *profiles.Options) *profiles.Options {
+	t.Helper()
+	var c profiles.Options
+	if o != nil {
+		c = *o
+	}
+	if b.name == "s3" {
+		c.Blobs = s3Blobs(t, b.bucket)
+	}
+	return &c
+}
+
+// open opens a store in dir with the backend's blobs.
+func (b *backend) open(t testing.TB, dir string, o *profiles.Options) *profiles.DiskStore {
+	t.Helper()
+	return openStore(t, dir, b.options(t, o))
+}
+
+func s3Blobs(t testing.TB, bucket string) *profiles.S3Blobs {
+	t.Helper()
+	srv := sharedS3(t)
+	bl, err := profiles.NewS3Blobs(t.Context(), profiles.S3Options{
+		Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "fleet-a", Insecure: true,
+		AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey, MaxRetries: 1, Timeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bl
+}
+
+var s3srv struct {
+	once sync.Once
+	s    *s3.Server
+	err  error
+}
+
+// sharedS3 starts the package's versitygw on first use; TestMain stops it.
+func sharedS3(t testing.TB) *s3.Server {
+	t.Helper()
+	s3srv.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		s3srv.s, s3srv.err = s3.Start(ctx)
+	})
+	harness.Require(t, s3srv.err)
+	return s3srv.s
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if s3srv.s != nil {
+		s3srv.s.Close()
+	}
+	os.Exit(code)
 }
 
 // seed writes 6 windows of two series (nginx on node a, api on node b) to
@@ -59,8 +144,10 @@ func seed(t *testing.T, s profiles.Store) {
 	}
 }
 
-func TestQueries(t *testing.T) {
-	s := openStore(t, t.TempDir(), nil)
+func TestQueries(t *testing.T) { backends(t, testQueries) }
+
+func testQueries(t *testing.T, b *backend) {
+	s := b.open(t, t.TempDir(), nil)
 	seed(t, s)
 	ctx := t.Context()
 	from, to := t0.Add(-time.Minute), t0.Add(time.Hour)
@@ -200,8 +287,10 @@ func TestQueries(t *testing.T) {
 	}
 }
 
-func TestMixedTypesRejected(t *testing.T) {
-	s := openStore(t, t.TempDir(), nil)
+func TestMixedTypesRejected(t *testing.T) { backends(t, testMixedTypesRejected) }
+
+func testMixedTypesRejected(t *testing.T, be *backend) {
+	s := be.open(t, t.TempDir(), nil)
 	a := mkProfile(t, map[string]string{"__name__": "process_cpu"}, t0, [][]string{{"f"}}, []int64{1})
 	b := mkProfile(t, map[string]string{"__name__": "other"}, t0, [][]string{{"g"}}, []int64{1})
 	if err := s.Write(t.Context(), "p", []profiles.Profile{a, b}); err != nil {
@@ -213,10 +302,12 @@ func TestMixedTypesRejected(t *testing.T) {
 	}
 }
 
-func TestCompactionAndRetention(t *testing.T) {
+func TestCompactionAndRetention(t *testing.T) { backends(t, testCompactionAndRetention) }
+
+func testCompactionAndRetention(t *testing.T, b *backend) {
 	now := t0.Add(3 * time.Hour)
 	dir := t.TempDir()
-	s := openStore(t, dir, &profiles.Options{Now: func() time.Time { return now }, CompactInterval: 5 * time.Minute, Retention: 150 * time.Minute})
+	s := b.open(t, dir, &profiles.Options{Now: func() time.Time { return now }, CompactInterval: 5 * time.Minute, Retention: 150 * time.Minute})
 	var ps []profiles.Profile
 	for i := range 60 { // 10 minutes at 10 s windows, starting 3 h ago
 		ps = append(ps, mkProfile(t, map[string]string{"__name__": "process_cpu", "unit": "x"}, t0.Add(time.Duration(i)*10*time.Second),
@@ -267,7 +358,7 @@ func TestCompactionAndRetention(t *testing.T) {
 	// A size cap keeps only what fits, newest first.
 	s.Close()
 	one := int64(len(ps[0].Data))
-	s2 := openStore(t, dir, &profiles.Options{Now: func() time.Time { return now }, MaxBytes: 3*one + one/2})
+	s2 := b.open(t, dir, &profiles.Options{Now: func() time.Time { return now }, MaxBytes: 3*one + one/2})
 	if err := s2.Retain(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -276,44 +367,59 @@ func TestCompactionAndRetention(t *testing.T) {
 	}
 }
 
-func TestCleanup(t *testing.T) {
+func TestCleanup(t *testing.T) { backends(t, testCleanup) }
+
+func testCleanup(t *testing.T, b *backend) {
 	dir := t.TempDir()
-	s := openStore(t, dir, nil)
+	s := b.open(t, dir, nil)
 	seed(t, s)
 	ctx := t.Context()
 	// An orphan blob, a stale temp file, and a row whose blob vanished.
-	orphan := filepath.Join(dir, "blobs", "p1", "2025030112", "1-orphan.pb.gz")
-	if err := os.WriteFile(orphan, []byte("x"), 0o600); err != nil {
+	const orphan = "projects/p1/2025/03/01/12/1-orphan.pb.gz"
+	if err := s.Blobs().Put(ctx, orphan, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "tmp", "blob-123"), []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var victim string
-	filepath.WalkDir(filepath.Join(dir, "blobs", "p2"), func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			victim = p
-		}
-		return nil
-	})
-	if err := os.Remove(victim); err != nil {
+	if err := s.Blobs().List(ctx, "projects/p2/", func(bi profiles.BlobInfo) error { victim = bi.Key; return nil }); err != nil || victim == "" {
+		t.Fatalf("list blobs of p2: %q, %v", victim, err)
+	}
+	if err := s.Blobs().Delete(ctx, victim); err != nil {
 		t.Fatal(err)
+	}
+	exists := func() bool {
+		ok, err := s.Blobs().Exists(ctx, orphan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
 	}
 	// The periodic cleanup leaves young orphans alone (a write may be in flight)...
 	if err := s.Cleanup(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(orphan); err != nil {
-		t.Errorf("young orphan removed by periodic cleanup: %v", err)
+	if !exists() {
+		t.Errorf("young orphan removed by periodic cleanup")
 	}
-	// ...but removes dangling rows; the startup cleanup removes everything.
+	// ...but removes dangling rows; the startup cleanup removes every
+	// orphan when the store is the only writer of its blobs.
 	s.Close()
-	s = openStore(t, dir, nil)
-	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
-		t.Errorf("orphan still there: %v", err)
+	s = b.open(t, dir, nil)
+	if exists() == b.exclusive() {
+		t.Errorf("orphan there after startup cleanup: %v; want %v", exists(), !b.exclusive())
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(ents) != 0 {
 		t.Errorf("temp files left: %v", ents)
+	}
+	if !b.exclusive() {
+		// Shared blobs: orphans go once older than the grace period.
+		s.Close()
+		s = b.open(t, dir, &profiles.Options{Now: func() time.Time { return time.Now().Add(2 * time.Minute) }})
+		if exists() {
+			t.Errorf("old orphan still there")
+		}
 	}
 	rows, blobs, err := s.Stats(ctx)
 	if err != nil {
@@ -329,17 +435,35 @@ func TestCleanup(t *testing.T) {
 // startup cleanup, the index and the blobs agree and every blob parses.
 func TestCrashDuringIngest(t *testing.T) {
 	if dir := os.Getenv("FLEETPROF_PROFILES_CRASH_CHILD"); dir != "" {
-		crashChild(t, dir)
+		crashChild(t, dir, os.Getenv("FLEETPROF_PROFILES_CRASH_S3"))
 		return
 	}
+	backends(t, testCrashDuringIngest)
+}
+
+func testCrashDuringIngest(t *testing.T, b *backend) {
 	dir := t.TempDir()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	env := []string{"FLEETPROF_PROFILES_CRASH_CHILD=" + dir}
+	blobs := profiles.Blobs(nil)
+	if b.name == "s3" {
+		srv := sharedS3(t)
+		env = append(env, "FLEETPROF_PROFILES_CRASH_S3="+strings.Join([]string{srv.Endpoint, b.bucket, srv.AccessKey, srv.SecretKey}, " "))
+		blobs = s3Blobs(t, b.bucket)
+	} else if blobs, err = profiles.NewDirBlobs(filepath.Join(dir, "blobs")); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		n := 0
+		blobs.List(t.Context(), "", func(profiles.BlobInfo) error { n++; return nil })
+		return n
+	}
 	for round := range 3 {
 		cmd := exec.Command(exe, "-test.run=^TestCrashDuringIngest$")
-		cmd.Env = append(os.Environ(), "FLEETPROF_PROFILES_CRASH_CHILD="+dir)
+		cmd.Env = append(os.Environ(), env...)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -348,7 +472,7 @@ func TestCrashDuringIngest(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
-			if n, _ := countFiles(filepath.Join(dir, "blobs")); n > 50*(round+1) {
+			if count() > 50*(round+1) {
 				break
 			}
 		}
@@ -356,14 +480,20 @@ func TestCrashDuringIngest(t *testing.T) {
 		cmd.Process.Kill() // SIGKILL
 		cmd.Wait()
 	}
-	s := openStore(t, dir, nil)
+	var o *profiles.Options
+	if !b.exclusive() {
+		// Shared blobs: the startup cleanup spares orphans younger than
+		// the grace period, so look from a minute and more ahead.
+		o = &profiles.Options{Now: func() time.Time { return time.Now().Add(2 * time.Minute) }}
+	}
+	s := b.open(t, dir, o)
 	ctx := context.Background()
-	rows, blobs, err := s.Stats(ctx)
+	rows, nblobs, err := s.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rows == 0 || rows != blobs {
-		t.Fatalf("after crash and cleanup: %d rows, %d blobs", rows, blobs)
+	if rows == 0 || rows != nblobs {
+		t.Fatalf("after crash and cleanup: %d rows, %d blobs", rows, nblobs)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(ents) != 0 {
 		t.Errorf("temp files left: %d", len(ents))
@@ -394,8 +524,19 @@ func TestCrashDuringIngest(t *testing.T) {
 	t.Logf("%d profiles survived 3 SIGKILLs", rows)
 }
 
-func crashChild(t *testing.T, dir string) {
-	s, err := profiles.Open(context.Background(), dir, nil)
+func crashChild(t *testing.T, dir, s3env string) {
+	var o profiles.Options
+	if s3env != "" {
+		f := strings.Fields(s3env)
+		bl, err := profiles.NewS3Blobs(context.Background(), profiles.S3Options{
+			Endpoint: f[0], Bucket: f[1], Prefix: "fleet-a", Insecure: true, AccessKeyID: f[2], SecretAccessKey: f[3],
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Blobs = bl
+	}
+	s, err := profiles.Open(context.Background(), dir, &o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,17 +558,6 @@ func crashChild(t *testing.T, dir string) {
 		}()
 	}
 	t.Fatal(<-errc)
-}
-
-func countFiles(dir string) (int, error) {
-	n := 0
-	err := filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			n++
-		}
-		return nil
-	})
-	return n, err
 }
 
 func TestParseSelector(t *testing.T) {
