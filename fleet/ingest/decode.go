@@ -11,6 +11,8 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/pprof/profile"
+
+	"github.com/fleetprof/fleetprof/fleet/profiles"
 )
 
 // Errors of the ingest path; each maps to one status (see Error).
@@ -136,10 +138,17 @@ func parse(data []byte) (p *profile.Profile, err error) {
 	return profile.ParseUncompressed(data)
 }
 
+// RetryAfter is the Retry-After (seconds) of a 503 answered when the
+// profile storage is unavailable.
+const RetryAfter = "5"
+
 // Status maps an ingest error to its HTTP status, envelope code and
-// connect code.
+// connect code. An unavailable profile storage (profiles.ErrUnavailable:
+// nothing was stored) is 503 Unavailable, to be retried after RetryAfter.
 func Status(err error) (int, string, connect.Code) {
 	switch {
+	case errors.Is(err, profiles.ErrUnavailable):
+		return http.StatusServiceUnavailable, "unavailable", connect.CodeUnavailable
 	case errors.Is(err, ErrUnauthenticated):
 		return http.StatusUnauthorized, "unauthenticated", connect.CodeUnauthenticated
 	case errors.Is(err, ErrPermissionDenied):

@@ -217,8 +217,12 @@ func (h *Handler) checkLabels(in []label, project string) (map[string]string, er
 }
 
 func connectError(err error) error {
-	_, _, code := Status(err)
-	return connect.NewError(code, err)
+	st, _, code := Status(err)
+	ce := connect.NewError(code, err)
+	if st == http.StatusServiceUnavailable {
+		ce.Meta().Set("Retry-After", RetryAfter)
+	}
+	return ce
 }
 
 type parcaService struct{ h *Handler }
@@ -268,6 +272,9 @@ func (h *Handler) serveIngest(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
 		st, code, _ := Status(err)
+		if st == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", RetryAfter)
+		}
 		w.WriteHeader(st)
 		json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": err.Error()}})
 		return
