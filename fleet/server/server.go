@@ -52,6 +52,9 @@ type Options struct {
 	ProfileRetention time.Duration
 	// ProfileMaxBytes caps stored profile bytes; 0 means no cap.
 	ProfileMaxBytes int64
+	// ProfileS3, when its Endpoint is set, puts the profile blobs in that
+	// bucket instead of DataDir/profiles/blobs (the index stays there).
+	ProfileS3 profiles.S3Options
 	// RotationRate paces bulk credential rotation (offers per second).
 	RotationRate float64
 	// AgentBinary is served at /download/fleetprof-agent for install.sh;
@@ -135,9 +138,18 @@ func Run(ctx context.Context, o Options) error {
 	}
 	op.UseBus(rep.bus) // on-demand rotations reach agents on other replicas
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL})
-	ps, err := profiles.Open(ctx, filepath.Join(o.DataDir, "profiles"), &profiles.Options{
+	popts := &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,
-	})
+	}
+	if o.ProfileS3.Endpoint != "" || o.ProfileS3.Bucket != "" {
+		bl, err := profiles.NewS3Blobs(ctx, o.ProfileS3)
+		if err != nil {
+			return fmt.Errorf("profile blobs (--profiles-s3-*): %w", err)
+		}
+		popts.Blobs = bl
+		log.Info("profile blobs in object storage", zap.Stringer("bucket", bl), zap.String("endpoint", o.ProfileS3.Endpoint))
+	}
+	ps, err := profiles.Open(ctx, filepath.Join(o.DataDir, "profiles"), popts)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,6 +42,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.AgentBinary, "agent-binary", "", "fleetprof-agent served at /download/fleetprof-agent for install.sh (default: beside this binary)")
 	fs.StringVar(&o.Store, "store", "sqlite", "fleet store: sqlite (in --data-dir) or postgres (--postgres-dsn, shared by replicas)")
 	fs.StringVar(&o.PostgresDSN, "postgres-dsn", "", "PostgreSQL connection string for --store postgres")
+	fs.StringVar(&o.ProfileS3.Endpoint, "profiles-s3-endpoint", "", "S3-compatible object store (host:port) for profile blobs; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (default: blobs in --data-dir)")
+	fs.StringVar(&o.ProfileS3.Bucket, "profiles-s3-bucket", "", "bucket for profile blobs (must exist)")
+	fs.StringVar(&o.ProfileS3.Prefix, "profiles-s3-prefix", "", "key prefix in the bucket; give each replica its own (each keeps its own profile index)")
+	fs.StringVar(&o.ProfileS3.Region, "profiles-s3-region", "", "bucket region (default: discovered)")
+	fs.BoolVar(&o.ProfileS3.Insecure, "profiles-s3-insecure", false, "talk plain HTTP to the object store")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -51,6 +57,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if o.DataDir == "" {
 		return usageError{"serve: --data-dir is required"}
+	}
+	if (o.ProfileS3.Endpoint == "") != (o.ProfileS3.Bucket == "") {
+		return usageError{"serve: --profiles-s3-endpoint and --profiles-s3-bucket go together"}
+	}
+	if o.ProfileS3.Endpoint != "" {
+		// Credentials only from the environment: no secrets in ps.
+		o.ProfileS3.AccessKeyID, o.ProfileS3.SecretAccessKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
 	}
 	log, err := newLogger(level, stderr)
 	if err != nil {
