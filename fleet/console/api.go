@@ -42,7 +42,11 @@ type Options struct {
 	Logger *zap.Logger
 	// FleetURL is shown in agent commands.
 	FleetURL string
-	Now      func() time.Time
+	// Bus, if set, wakes the live events of a project as soon as any
+	// replica publishes it on store.TopicChanged; the events are re-read
+	// from the store every second either way.
+	Bus store.Bus
+	Now func() time.Time
 }
 
 // API is the JSON API under /api/v1.

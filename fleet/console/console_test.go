@@ -42,6 +42,7 @@ type env struct {
 	url   string
 	st    *sqlite.Store
 	au    *auth.Authenticator
+	bus   *store.LocalBus
 	admin string // admin JWT
 }
 
@@ -60,7 +61,8 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := console.New(console.Options{Store: st, Auth: au, Fleet: &rotations{}, FleetURL: "http://fleet"})
+	bus := &store.LocalBus{}
+	api := console.New(console.Options{Store: st, Auth: au, Fleet: &rotations{}, FleetURL: "http://fleet", Bus: bus})
 	mux := http.NewServeMux()
 	api.Register(mux)
 	api.RegisterUI(mux)
@@ -70,7 +72,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, url: srv.URL, st: st, au: au, admin: raw}
+	return &env{t: t, url: srv.URL, st: st, au: au, bus: bus, admin: raw}
 }
 
 // call sends a request with a bearer token (or none) and returns the
@@ -407,6 +409,23 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("after enrollment: %+v", s)
 	}
 	t.Logf("change reached the stream after %s", time.Since(start))
+
+	// A change published on the bus (by any replica) is sent at once,
+	// not at the next one-second poll: the stream polled just now.
+	time.Sleep(100 * time.Millisecond)
+	if err := e.st.UpsertAgent(t.Context(), &store.Agent{ID: "y", ProjectID: p.ID, Connected: true, Healthy: true}); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := e.bus.Publish(t.Context(), store.TopicChanged, "another-project", p.ID); err != nil {
+		t.Fatal(err)
+	}
+	s = next()
+	if took := time.Since(start); s.Agents["y"] != "connected" || took > 500*time.Millisecond {
+		t.Fatalf("after a published change: %+v after %s, want agent y within 500ms", s, took)
+	} else {
+		t.Logf("published change reached the stream after %s", took)
+	}
 }
 
 // TestUI serves the console page and assets with a strict CSP.

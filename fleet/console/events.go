@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -21,7 +22,8 @@ type EventSource func(ctx context.Context, projectID string) (any, error)
 
 // AddEventSource adds a topic to the live events of every project
 // (GET /api/v1/projects/{project}/events, server-sent events). Polling
-// the store keeps it correct across replicas.
+// the store each second keeps it correct across replicas; with a bus
+// (Options.Bus) a change published by any replica is sent at once.
 func (a *API) AddEventSource(topic string, f EventSource) {
 	a.sourcesMu.Lock()
 	defer a.sourcesMu.Unlock()
@@ -91,7 +93,8 @@ func (a *API) agentSummary(ctx context.Context, projectID string) (any, error) {
 }
 
 // events streams server-sent events: each topic's state at once, then
-// again whenever it changes (checked every second), and a comment every
+// again whenever it changes (checked every second and whenever a replica
+// publishes the project on store.TopicChanged), and a comment every
 // 15 s to keep proxies from closing the stream.
 func (a *API) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
@@ -114,6 +117,10 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 	last := map[string][]byte{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var changed <-chan store.Event
+	if a.o.Bus != nil {
+		changed = a.o.Bus.Subscribe(r.Context(), store.TopicChanged)
+	}
 	quiet := 0
 	for {
 		sent := false
@@ -149,10 +156,29 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		if sent {
 			fl.Flush()
 		}
-		select {
-		case <-r.Context().Done():
+		if !a.waitChange(r.Context(), tick.C, changed, project) {
 			return
-		case <-tick.C:
+		}
+	}
+}
+
+// waitChange waits for the next tick or a change of project published on
+// the bus, and reports false when ctx ended.
+func (a *API) waitChange(ctx context.Context, tick <-chan time.Time, changed <-chan store.Event, project string) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick:
+			return true
+		case ev, ok := <-changed:
+			if !ok {
+				changed = nil
+				continue
+			}
+			if ev.Resync || slices.Contains(ev.IDs, project) {
+				return true
+			}
 		}
 	}
 }

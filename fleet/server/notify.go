@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,8 +17,9 @@ import (
 // instead of at their next poll of the assignments.
 type publishingStore struct {
 	fleetStore
-	bus store.Bus
-	log *zap.Logger
+	bus     store.Bus
+	changed func(projectID string) // the console's live events
+	log     *zap.Logger
 }
 
 func (s *publishingStore) publish(ctx context.Context, ids []string) {
@@ -56,6 +58,9 @@ func (s *publishingStore) ApplyRolloutChange(ctx context.Context, ch *store.Roll
 	if err := s.fleetStore.ApplyRolloutChange(ctx, ch); err != nil {
 		return err
 	}
+	if ch.Rollout != nil {
+		s.changed(ch.Rollout.ProjectID)
+	}
 	ids := append([]string(nil), ch.Unassign...)
 	for _, a := range ch.Assign {
 		ids = append(ids, a.AgentID)
@@ -83,6 +88,59 @@ func (s *publishingReleases) ApplyReleaseRolloutChange(ctx context.Context, ch *
 	}
 	s.publish(ctx, ids)
 	return nil
+}
+
+// changes collects the projects whose agents or rollouts changed on this
+// replica; run publishes them on store.TopicChanged every flush, so a
+// reconnect storm of many agents is a few notifications.
+type changes struct {
+	mu  sync.Mutex
+	set map[string]struct{}
+}
+
+func (c *changes) add(projectID string) {
+	if !store.ValidID(projectID) {
+		return
+	}
+	c.mu.Lock()
+	if c.set == nil {
+		c.set = map[string]struct{}{}
+	}
+	c.set[projectID] = struct{}{}
+	c.mu.Unlock()
+}
+
+func (c *changes) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.set))
+	for id := range c.set {
+		out = append(out, id)
+	}
+	c.set = nil
+	return out
+}
+
+// run publishes the collected projects every flush until ctx ends.
+func (c *changes) run(ctx context.Context, bus store.Bus, flush time.Duration, log *zap.Logger) {
+	t := time.NewTicker(flush)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := c.take()
+		if len(ids) == 0 {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := bus.Publish(pctx, store.TopicChanged, ids...); err != nil && ctx.Err() == nil {
+			log.Debug("publish project changes", zap.Error(err)) // the console polls anyway
+		}
+		cancel()
+	}
 }
 
 // fallbackHook is a test hook: FLEETPROF_TEST_REPLICA_FALLBACK=D sets how

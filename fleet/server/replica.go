@@ -52,6 +52,7 @@ type replica struct {
 	// fallback is how often the store is re-read while the bus is live
 	// (0: the readers' defaults).
 	fallback time.Duration
+	changes  changes
 	log      *zap.Logger
 }
 
@@ -130,15 +131,16 @@ func (r *replica) leader() func() bool {
 // manager write through: with other replicas it publishes assignment
 // changes on the bus.
 func (r *replica) rolloutStore() store.Store {
-	if r.lease == nil {
-		return r.st // alone: the writer pushes to its own agents
-	}
-	ps := &publishingStore{fleetStore: r.st, bus: r.bus, log: r.log.Named("bus")}
+	ps := &publishingStore{fleetStore: r.st, bus: r.bus, changed: r.changed, log: r.log.Named("bus")}
 	if rs, ok := r.st.(store.Releases); ok {
 		return &publishingReleases{publishingStore: ps, Releases: rs}
 	}
 	return ps
 }
+
+// changed records that agents or rollouts of a project changed here; the
+// console's live events on every replica refresh soon after.
+func (r *replica) changed(projectID string) { r.changes.add(projectID) }
 
 // agentStatus is what a replica tells the rollout controller and the
 // release manager of an agent whose assignment changed elsewhere.
@@ -148,17 +150,17 @@ type agentStatus interface{ OnAgentStatus(a *store.Agent) }
 // releases that another replica assigned to this replica's agents, until
 // ctx ends.
 func (r *replica) run(ctx context.Context, op *opamp.Server, to ...agentStatus) error {
-	if r.lease == nil {
-		return nil
-	}
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { r.changes.run(ctx, r.bus, 200*time.Millisecond, r.log.Named("bus")) })
+	if r.lease == nil {
+		return nil // alone: the writer of an assignment pushes it itself
+	}
 	wg.Go(func() { _ = r.lease.Run(ctx) }) // returns nil when ctx ends; logs its own errors
 	if r.pgBus != nil {
 		wg.Go(func() { _ = r.pgBus.Run(ctx) })
 	}
-	err := r.reconcile(ctx, op, to, time.Second, r.fallback)
-	wg.Wait()
-	return err
+	return r.reconcile(ctx, op, to, time.Second, r.fallback)
 }
 
 // reconcile queues this replica's connected agents whose assignment

@@ -129,7 +129,7 @@ func Run(ctx context.Context, o Options) error {
 		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
 		FailRotation: failRotationHook(),
 		Callbacks: opamp.Callbacks{
-			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a) },
+			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a); rep.changed(a.ProjectID) },
 			OnPackageStatuses: rel.OnPackageStatuses,
 		},
 	})
@@ -137,7 +137,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	op.UseBus(rep.bus) // on-demand rotations reach agents on other replicas
-	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL})
+	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL, Bus: rep.bus})
 	popts := &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,
 	}

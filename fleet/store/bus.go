@@ -18,6 +18,9 @@ const (
 	// TopicAssign carries agent ids whose config or release assignment
 	// changed.
 	TopicAssign = "assign"
+	// TopicChanged carries project ids whose agents or rollouts changed
+	// (the console's live events refresh at once).
+	TopicChanged = "changed"
 )
 
 // Limits of a notification (PostgreSQL refuses NOTIFY payloads of 8000

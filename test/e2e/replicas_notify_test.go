@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fleetprof/fleetprof/fleet/console"
 	"github.com/fleetprof/fleetprof/fleet/rollout"
 	"github.com/fleetprof/fleetprof/test/fleettest"
 )
@@ -16,7 +21,8 @@ import (
 // B (the rollout leader), every agent is connected to replica A (agents
 // heartbeat every 30 s): an on-demand rotation through B gives the agent
 // on A a new credential in under 5 s, a revocation through B disconnects
-// the agent on A in under 5 s, a rollout started on B is applied by the
+// the agent on A in under 5 s (and the live events on B show it
+// disconnected within 3 s), a rollout started on B is applied by the
 // agent on A in under 3 s, and after PostgreSQL restarts the listeners
 // reconnect and a later rotation still crosses in under 5 s.
 func TestReplicasNotify(t *testing.T) {
@@ -53,6 +59,11 @@ func TestReplicasNotify(t *testing.T) {
 	victim.Stop()
 	victim = fleettest.StartAgent(t, victim.StateDir, "--fleet-address", a.URL, "--insecure", "--node", "a-victim", "--platform", "systemd")
 	connectedOn(t, b, project, "a-victim")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("revoked agent's log:\n%s", victim.Log())
+		}
+	})
 
 	// rotate asks B to rotate the agent on A and waits until it runs on a
 	// new credential.
@@ -74,6 +85,17 @@ func TestReplicasNotify(t *testing.T) {
 	}
 	t.Logf("agent on A rotated on demand through B in %s", rotate("agent on A rotated through B").Round(time.Millisecond))
 
+	// An operator watches the live events on B while the agent on A is
+	// revoked through B.
+	events := watchAgents(t, b, project)
+	select {
+	case s := <-events:
+		if st := s.Agents[ids["a-victim"]]; st == "" || st == "disconnected" {
+			t.Fatalf("first live event on B: agent on A is %q", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no live event from B within 10s")
+	}
 	b.MustCLI("agents", "revoke", "--project", project, ids["a-victim"])
 	revoked := time.Now()
 	fleettest.Eventually(t, 5*time.Second, "agent on A disconnected by a revocation through B", func() (bool, string) {
@@ -81,6 +103,19 @@ func TestReplicasNotify(t *testing.T) {
 		return !ag.Connected, fmt.Sprintf("connected=%v", ag.Connected)
 	})
 	t.Logf("agent on A disconnected %s after its revocation through B", time.Since(revoked).Round(time.Millisecond))
+	deadline := time.After(3 * time.Second)
+	for seen := false; !seen; {
+		select {
+		case s, ok := <-events:
+			if !ok {
+				t.Fatal("event stream of B ended")
+			}
+			seen = s.Agents[ids["a-victim"]] == "disconnected"
+		case <-deadline:
+			t.Fatal("the live events of B did not show the agent on A disconnected within 3s of the revocation")
+		}
+	}
+	t.Logf("live events on B showed the agent on A disconnected %s after the revocation", time.Since(revoked).Round(time.Millisecond))
 	if !strings.Contains(a.Log(), "closing connection of revoked credential") {
 		t.Error("replica A did not log closing the revoked credential's connection")
 	}
@@ -111,4 +146,51 @@ func TestReplicasNotify(t *testing.T) {
 		})
 	}
 	t.Logf("after the PostgreSQL restart: agent on A rotated through B in %s", rotate("agent on A rotated through B after the restart").Round(time.Millisecond))
+}
+
+// watchAgents streams the "agents" live events of a project from f until
+// the test ends.
+func watchAgents(t *testing.T, f *fleettest.Fleet, project string) <-chan console.AgentSummary {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL+"/api/v1/projects/"+project+"/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+f.AdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("events: %s", resp.Status)
+	}
+	out := make(chan console.AgentSummary, 100)
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		defer close(out)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		topic := ""
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				topic = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: ") && topic == "agents":
+				var s console.AgentSummary
+				if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &s) == nil {
+					select {
+					case out <- s:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}
+	}()
+	return out
 }
