@@ -14,11 +14,14 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/pprof/profile"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -48,6 +51,11 @@ type Options struct {
 	OrphanGrace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// IndexDSN, if set, is a PostgreSQL connection string: the index then
+	// lives there (schema fleetprof_profiles) instead of dir/index.db, and
+	// stores on several hosts that share it and one Blobs (an S3Blobs with
+	// the same bucket and prefix) see each other's profiles.
+	IndexDSN string
 	// Blobs holds the profile blobs; nil means a DirBlobs in the store's
 	// directory (dir/blobs). Several stores must not share one Blobs unless
 	// they share the index too: each store's cleanup removes the blobs its
@@ -94,8 +102,9 @@ type DiskStore struct {
 	opts  Options
 	log   *zap.Logger
 	blobs Blobs
-	w     *sql.DB // one connection: writes are serialized
+	w     *sql.DB // one connection (SQLite): writes are serialized
 	r     *sql.DB
+	pg    bool // the index is PostgreSQL: placeholders are $n
 
 	mu     sync.Mutex
 	series map[string]int64 // project \x00 type \x00 labels → id
@@ -136,6 +145,84 @@ CREATE INDEX IF NOT EXISTS profiles_time ON profiles (time_ns);
 CREATE INDEX IF NOT EXISTS profiles_level_time ON profiles (level, time_ns);
 `
 
+// pgSchema is the index on PostgreSQL, in its own schema (search_path).
+// Labels are unique through their hash: a btree entry has a size limit.
+const pgSchema = `
+CREATE TABLE IF NOT EXISTS series (
+  id      BIGSERIAL PRIMARY KEY,
+  project TEXT NOT NULL,
+  type    TEXT NOT NULL,
+  labels  TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS series_key ON series (project, type, md5(labels));
+CREATE TABLE IF NOT EXISTS profiles (
+  id          BIGSERIAL PRIMARY KEY,
+  series_id   BIGINT NOT NULL REFERENCES series(id),
+  time_ns     BIGINT NOT NULL,
+  duration_ns BIGINT NOT NULL,
+  total       BIGINT NOT NULL,
+  size        BIGINT NOT NULL,
+  blob        TEXT NOT NULL UNIQUE,
+  level       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS profiles_series_time ON profiles (series_id, time_ns);
+CREATE INDEX IF NOT EXISTS profiles_time ON profiles (time_ns);
+CREATE INDEX IF NOT EXISTS profiles_level_time ON profiles (level, time_ns);
+`
+
+// pgSchemaName holds the index tables on PostgreSQL.
+const pgSchemaName = "fleetprof_profiles"
+
+// openPostgres opens the shared index: a writer pool and a reader pool
+// whose connections use the index's schema, created if needed under an
+// advisory lock (replicas may start at once).
+func openPostgres(ctx context.Context, dsn string) (w, r *sql.DB, err error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("profile index dsn: %w: %w", ErrInvalid, err)
+	}
+	cfg.RuntimeParams["search_path"] = pgSchemaName
+	w = stdlib.OpenDB(*cfg)
+	conn, err := w.Conn(ctx)
+	if err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("connect to the profile index: %w", err)
+	}
+	defer conn.Close()
+	const lock = 0x66707072 // "fppr"
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, lock); err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("lock profile index schema: %w", err)
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, lock)
+	if _, err := conn.ExecContext(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgSchemaName+`;`+pgSchema); err != nil {
+		w.Close()
+		return nil, nil, fmt.Errorf("create profile index schema: %w", err)
+	}
+	w.SetMaxOpenConns(2)
+	r = stdlib.OpenDB(*cfg)
+	r.SetMaxOpenConns(4)
+	return w, r, nil
+}
+
+// q adapts a query written with ? placeholders to the index's database.
+func (s *DiskStore) q(query string) string {
+	if !s.pg {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(query); i++ {
+		if query[i] == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(query[i])
+	}
+	return b.String()
+}
+
 // Open opens (creating if needed) the store in dir, the store's own
 // directory (the fleet passes <data-dir>/profiles), and runs a cleanup of
 // orphan blobs and dangling index rows before returning.
@@ -154,24 +241,33 @@ func Open(ctx context.Context, dir string, opts *Options) (*DiskStore, error) {
 		}
 		blobs = db
 	}
-	dsn := "file:" + filepath.Join(dir, "index.db") +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	w, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open profile index: %w", err)
+	var w, r *sql.DB
+	if o.IndexDSN != "" {
+		var err error
+		if w, r, err = openPostgres(ctx, o.IndexDSN); err != nil {
+			return nil, err
+		}
+	} else {
+		dsn := "file:" + filepath.Join(dir, "index.db") +
+			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+		var err error
+		w, err = sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("open profile index: %w", err)
+		}
+		w.SetMaxOpenConns(1)
+		if _, err := w.ExecContext(ctx, schema); err != nil {
+			w.Close()
+			return nil, fmt.Errorf("create profile index schema: %w", err)
+		}
+		r, err = sql.Open("sqlite", dsn)
+		if err != nil {
+			w.Close()
+			return nil, fmt.Errorf("open profile index: %w", err)
+		}
+		r.SetMaxOpenConns(4)
 	}
-	w.SetMaxOpenConns(1)
-	if _, err := w.ExecContext(ctx, schema); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("create profile index schema: %w", err)
-	}
-	r, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("open profile index: %w", err)
-	}
-	r.SetMaxOpenConns(4)
-	s := &DiskStore{dir: dir, opts: o, log: o.Logger, blobs: blobs, w: w, r: r, series: map[string]int64{}}
+	s := &DiskStore{dir: dir, opts: o, log: o.Logger, blobs: blobs, w: w, r: r, pg: o.IndexDSN != "", series: map[string]int64{}}
 	s.m = storeMetrics{
 		written:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_profiles_written_total", Help: "Profiles written to the profile store."}),
 		bytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_profiles_written_bytes_total", Help: "Bytes of gzipped pprof written to the profile store."}),
@@ -329,15 +425,15 @@ func (s *DiskStore) commit(ctx context.Context, group []*commitReq) error {
 				s.mu.Unlock()
 			}
 			if !ok {
-				if _, err := tx.ExecContext(ctx, `INSERT INTO series (project, type, labels) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, r.project, typeID, lk); err != nil {
+				if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO series (project, type, labels) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`), r.project, typeID, lk); err != nil {
 					return fmt.Errorf("insert series: %w", err)
 				}
-				if err := tx.QueryRowContext(ctx, `SELECT id FROM series WHERE project = ? AND type = ? AND labels = ?`, r.project, typeID, lk).Scan(&id); err != nil {
+				if err := tx.QueryRowContext(ctx, s.q(`SELECT id FROM series WHERE project = ? AND type = ? AND labels = ?`), r.project, typeID, lk).Scan(&id); err != nil {
 					return fmt.Errorf("look up series: %w", err)
 				}
 				newSeries[key] = id
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (series_id, time_ns, duration_ns, total, size, blob) VALUES (?, ?, ?, ?, ?, ?)`,
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO profiles (series_id, time_ns, duration_ns, total, size, blob) VALUES (?, ?, ?, ?, ?, ?)`),
 				id, p.Time.UnixNano(), int64(p.Duration), p.Total, len(p.Data), r.rels[i]); err != nil {
 				return fmt.Errorf("insert profile row: %w", err)
 			}
@@ -389,7 +485,7 @@ func (s *DiskStore) deleteRows(ctx context.Context, rows []row) error {
 	}
 	defer tx.Rollback()
 	for _, r := range rows {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, r.id); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM profiles WHERE id = ?`), r.id); err != nil {
 			return fmt.Errorf("delete profile row: %w", err)
 		}
 	}
@@ -407,7 +503,7 @@ func (s *DiskStore) deleteRows(ctx context.Context, rows []row) error {
 }
 
 func (s *DiskStore) selectRows(ctx context.Context, db *sql.DB, query string, args ...any) ([]row, error) {
-	rs, err := db.QueryContext(ctx, query, args...)
+	rs, err := db.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
 		return nil, fmt.Errorf("query profile rows: %w", err)
 	}
@@ -450,7 +546,7 @@ func (s *DiskStore) Retain(ctx context.Context) error {
 	}
 	for {
 		var total sql.NullInt64
-		if err := s.r.QueryRowContext(ctx, `SELECT SUM(size) FROM profiles`).Scan(&total); err != nil {
+		if err := s.r.QueryRowContext(ctx, s.q(`SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM profiles`)).Scan(&total); err != nil {
 			return fmt.Errorf("sum blob sizes: %w", err)
 		}
 		over := total.Int64 - s.opts.MaxBytes
@@ -505,13 +601,13 @@ func (s *DiskStore) Compact(ctx context.Context) error {
 
 func (s *DiskStore) compactGroup(ctx context.Context, rows []row) error {
 	if len(rows) == 1 {
-		if _, err := s.w.ExecContext(ctx, `UPDATE profiles SET level = 1 WHERE id = ?`, rows[0].id); err != nil {
+		if _, err := s.w.ExecContext(ctx, s.q(`UPDATE profiles SET level = 1 WHERE id = ?`), rows[0].id); err != nil {
 			return fmt.Errorf("mark profile compacted: %w", err)
 		}
 		return nil
 	}
 	var typeID string
-	if err := s.r.QueryRowContext(ctx, `SELECT type FROM series WHERE id = ?`, rows[0].seriesID).Scan(&typeID); err != nil {
+	if err := s.r.QueryRowContext(ctx, s.q(`SELECT type FROM series WHERE id = ?`), rows[0].seriesID).Scan(&typeID); err != nil {
 		return fmt.Errorf("look up series type: %w", err)
 	}
 	t, err := ParseProfileType(typeID)
@@ -575,12 +671,12 @@ func (s *DiskStore) compactGroup(ctx context.Context, rows []row) error {
 		return fmt.Errorf("begin compaction: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO profiles (series_id, time_ns, duration_ns, total, size, blob, level) VALUES (?, ?, ?, ?, ?, ?, 1)`,
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO profiles (series_id, time_ns, duration_ns, total, size, blob, level) VALUES (?, ?, ?, ?, ?, ?, 1)`),
 		rows[0].seriesID, start, end-start, total, buf.Len(), blobRel); err != nil {
 		return fmt.Errorf("insert compacted row: %w", err)
 	}
 	for _, r := range live {
-		res, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, r.id)
+		res, err := tx.ExecContext(ctx, s.q(`DELETE FROM profiles WHERE id = ?`), r.id)
 		if err != nil {
 			return fmt.Errorf("delete compacted row: %w", err)
 		}
@@ -623,7 +719,7 @@ func (s *DiskStore) Cleanup(ctx context.Context, all bool) error {
 			}
 		}
 	}
-	rs, err := s.r.QueryContext(ctx, `SELECT id, blob FROM profiles`)
+	rs, err := s.r.QueryContext(ctx, s.q(`SELECT id, blob FROM profiles`))
 	if err != nil {
 		return fmt.Errorf("list profile rows: %w", err)
 	}
@@ -700,7 +796,7 @@ func (s *DiskStore) deleteRowIDs(ctx context.Context, ids []int64) error {
 	}
 	defer tx.Rollback()
 	for _, id := range ids {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM profiles WHERE id = ?`, id); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM profiles WHERE id = ?`), id); err != nil {
 			return fmt.Errorf("delete dangling row: %w", err)
 		}
 	}
@@ -740,7 +836,7 @@ func parseBlob(data []byte) (*profile.Profile, error) {
 // Stats reports the number of index rows and of blobs (temp files not
 // counted), for tests and the admin.
 func (s *DiskStore) Stats(ctx context.Context) (rows, blobs int, err error) {
-	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM profiles`).Scan(&rows); err != nil {
+	if err := s.r.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM profiles`)).Scan(&rows); err != nil {
 		return 0, 0, fmt.Errorf("count profile rows: %w", err)
 	}
 	err = s.blobs.List(ctx, "", func(b BlobInfo) error {

@@ -25,8 +25,8 @@ type seriesRow struct {
 // seriesOf lists the project's series whose labels match ms and that have
 // profiles in [from, to).
 func (s *DiskStore) seriesOf(ctx context.Context, projectID string, ms []*Matcher, from, to time.Time) ([]seriesRow, error) {
-	rs, err := s.r.QueryContext(ctx, `SELECT s.id, s.type, s.labels FROM series s WHERE s.project = ?
-		AND EXISTS (SELECT 1 FROM profiles p WHERE p.series_id = s.id AND p.time_ns >= ? AND p.time_ns < ?)`,
+	rs, err := s.r.QueryContext(ctx, s.q(`SELECT s.id, s.type, s.labels FROM series s WHERE s.project = ?
+		AND EXISTS (SELECT 1 FROM profiles p WHERE p.series_id = s.id AND p.time_ns >= ? AND p.time_ns < ?)`),
 		projectID, from.UnixNano(), to.UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("query series: %w", err)

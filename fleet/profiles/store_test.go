@@ -17,6 +17,7 @@ import (
 	"github.com/fleetprof/fleetprof/fleet/profiles"
 	"github.com/fleetprof/fleetprof/fleet/profiles/profilestest"
 	"github.com/fleetprof/fleetprof/test/harness"
+	"github.com/fleetprof/fleetprof/test/pg"
 	"github.com/fleetprof/fleetprof/test/s3"
 )
 
@@ -39,20 +40,29 @@ func openStore(t testing.TB, dir string, o *profiles.Options) *profiles.DiskStor
 	return s
 }
 
-// backend is where a test's stores keep their blobs: the local directory
-// ("dir") or a fresh bucket of the package's versitygw ("s3").
+// backend is where a test's stores keep their blobs and index: the local
+// directory and SQLite ("dir"), a fresh bucket of the package's versitygw
+// and SQLite ("s3"), or that and a fresh PostgreSQL database ("s3+pg").
 type backend struct {
 	name   string
 	bucket string
+	dsn    string
 }
 
-// backends runs f once per blob backend, as subtests.
+// backends runs f once per backend, as subtests.
 func backends(t *testing.T, f func(t *testing.T, b *backend)) {
-	for _, name := range []string{"dir", "s3"} {
+	for _, name := range []string{"dir", "s3", "s3+pg"} {
 		t.Run(name, func(t *testing.T) {
 			b := &backend{name: name}
-			if name == "s3" {
+			if name != "dir" {
 				b.bucket = sharedS3(t).Bucket(t)
+			}
+			if name == "s3+pg" {
+				dsn, err := sharedPG(t).NewDatabase(t.Context())
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.dsn = dsn
 			}
 			f(t, b)
 		})
@@ -70,9 +80,10 @@ func (b *backend) options(t testing.TB, o *profiles.Options) *profiles.Options {
 	if o != nil {
 		c = *o
 	}
-	if b.name == "s3" {
+	if b.bucket != "" {
 		c.Blobs = s3Blobs(t, b.bucket)
 	}
+	c.IndexDSN = b.dsn
 	return &c
 }
 
@@ -113,10 +124,36 @@ func sharedS3(t testing.TB) *s3.Server {
 	return s3srv.s
 }
 
+var pgsrv struct {
+	once sync.Once
+	s    *pg.Server
+	err  error
+}
+
+// sharedPG starts the package's PostgreSQL on first use; TestMain stops it.
+func sharedPG(t testing.TB) *pg.Server {
+	t.Helper()
+	pgsrv.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		pgsrv.s, pgsrv.err = pg.Start(ctx)
+	})
+	if errors.Is(pgsrv.err, pg.ErrNotInstalled) && !harness.Required() {
+		t.Skip(pgsrv.err)
+	}
+	if pgsrv.err != nil {
+		t.Fatal(pgsrv.err)
+	}
+	return pgsrv.s
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if s3srv.s != nil {
 		s3srv.s.Close()
+	}
+	if pgsrv.s != nil {
+		pgsrv.s.Stop()
 	}
 	os.Exit(code)
 }
@@ -435,7 +472,7 @@ func testCleanup(t *testing.T, b *backend) {
 // startup cleanup, the index and the blobs agree and every blob parses.
 func TestCrashDuringIngest(t *testing.T) {
 	if dir := os.Getenv("FLEETPROF_PROFILES_CRASH_CHILD"); dir != "" {
-		crashChild(t, dir, os.Getenv("FLEETPROF_PROFILES_CRASH_S3"))
+		crashChild(t, dir, os.Getenv("FLEETPROF_PROFILES_CRASH_S3"), os.Getenv("FLEETPROF_PROFILES_CRASH_PG"))
 		return
 	}
 	backends(t, testCrashDuringIngest)
@@ -449,9 +486,10 @@ func testCrashDuringIngest(t *testing.T, b *backend) {
 	}
 	env := []string{"FLEETPROF_PROFILES_CRASH_CHILD=" + dir}
 	blobs := profiles.Blobs(nil)
-	if b.name == "s3" {
+	if b.bucket != "" {
 		srv := sharedS3(t)
-		env = append(env, "FLEETPROF_PROFILES_CRASH_S3="+strings.Join([]string{srv.Endpoint, b.bucket, srv.AccessKey, srv.SecretKey}, " "))
+		env = append(env, "FLEETPROF_PROFILES_CRASH_S3="+strings.Join([]string{srv.Endpoint, b.bucket, srv.AccessKey, srv.SecretKey}, " "),
+			"FLEETPROF_PROFILES_CRASH_PG="+b.dsn)
 		blobs = s3Blobs(t, b.bucket)
 	} else if blobs, err = profiles.NewDirBlobs(filepath.Join(dir, "blobs")); err != nil {
 		t.Fatal(err)
@@ -524,8 +562,8 @@ func testCrashDuringIngest(t *testing.T, b *backend) {
 	t.Logf("%d profiles survived 3 SIGKILLs", rows)
 }
 
-func crashChild(t *testing.T, dir, s3env string) {
-	var o profiles.Options
+func crashChild(t *testing.T, dir, s3env, dsn string) {
+	o := profiles.Options{IndexDSN: dsn}
 	if s3env != "" {
 		f := strings.Fields(s3env)
 		bl, err := profiles.NewS3Blobs(context.Background(), profiles.S3Options{
