@@ -203,9 +203,22 @@ func (a *Authenticator) Revoke(ctx context.Context, jti string) error {
 	}
 	a.revoked1(jti)
 	if a.o.Bus != nil && store.ValidID(jti) {
-		// Other replicas learn it at once; if this fails they read it
+		// Other replicas learn it at once. A pooled connection may have
+		// died since the write: retry briefly; past that they read it
 		// from the store at their next re-read.
-		if err := a.o.Bus.Publish(ctx, store.TopicRevoke, jti); err != nil {
+		var err error
+		for try := range 3 {
+			if try > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			if err = a.o.Bus.Publish(ctx, store.TopicRevoke, jti); err == nil || ctx.Err() != nil {
+				break
+			}
+		}
+		if err != nil {
 			a.log.Warn("publish revocation", zap.String("token", jti), zap.Error(err))
 		}
 	}

@@ -34,7 +34,9 @@ func (s *publishingStore) publish(ctx context.Context, ids []string) {
 	}
 	// The write is done: a failed notification only delays the push
 	// until the replicas' next poll.
-	if err := s.bus.Publish(context.WithoutCancel(ctx), store.TopicAssign, valid...); err != nil {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.bus.Publish(pctx, store.TopicAssign, valid...); err != nil {
 		s.log.Warn("publish assignment changes", zap.Int("agents", len(valid)), zap.Error(err))
 	}
 }
