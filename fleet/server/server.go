@@ -53,7 +53,10 @@ type Options struct {
 	// ProfileMaxBytes caps stored profile bytes; 0 means no cap.
 	ProfileMaxBytes int64
 	// ProfileS3, when its Endpoint is set, puts the profile blobs in that
-	// bucket instead of DataDir/profiles/blobs (the index stays there).
+	// bucket instead of DataDir/profiles/blobs. The index stays in
+	// DataDir/profiles with Store "sqlite"; with "postgres" it goes to
+	// PostgresDSN, shared by the replicas (give them the same bucket and
+	// prefix).
 	ProfileS3 profiles.S3Options
 	// RotationRate paces bulk credential rotation (offers per second).
 	RotationRate float64
@@ -147,7 +150,12 @@ func Run(ctx context.Context, o Options) error {
 			return fmt.Errorf("profile blobs (--profiles-s3-*): %w", err)
 		}
 		popts.Blobs = bl
-		log.Info("profile blobs in object storage", zap.Stringer("bucket", bl), zap.String("endpoint", o.ProfileS3.Endpoint))
+		if o.Store == "postgres" {
+			// Replicas share the bucket (same prefix) and the index.
+			popts.IndexDSN = o.PostgresDSN
+		}
+		log.Info("profile blobs in object storage", zap.Stringer("bucket", bl), zap.String("endpoint", o.ProfileS3.Endpoint),
+			zap.Bool("shared_index", popts.IndexDSN != ""))
 	}
 	ps, err := profiles.Open(ctx, filepath.Join(o.DataDir, "profiles"), popts)
 	if err != nil {

@@ -44,7 +44,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.PostgresDSN, "postgres-dsn", "", "PostgreSQL connection string for --store postgres")
 	fs.StringVar(&o.ProfileS3.Endpoint, "profiles-s3-endpoint", "", "S3-compatible object store (host:port) for profile blobs; credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (default: blobs in --data-dir)")
 	fs.StringVar(&o.ProfileS3.Bucket, "profiles-s3-bucket", "", "bucket for profile blobs (must exist)")
-	fs.StringVar(&o.ProfileS3.Prefix, "profiles-s3-prefix", "", "key prefix in the bucket; give each replica its own (each keeps its own profile index)")
+	fs.StringVar(&o.ProfileS3.Prefix, "profiles-s3-prefix", "", "key prefix in the bucket: with --store postgres the same for every replica (they share the profile index), with sqlite one per replica")
 	fs.StringVar(&o.ProfileS3.Region, "profiles-s3-region", "", "bucket region (default: discovered)")
 	fs.BoolVar(&o.ProfileS3.Insecure, "profiles-s3-insecure", false, "talk plain HTTP to the object store")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
