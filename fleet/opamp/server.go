@@ -616,10 +616,12 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	now := s.o.Now().UTC()
 	jti := c.claims.ID
 	// A bare heartbeat on a settled connection changes nothing worth a
-	// store read: skip it (last-seen is still written once a minute).
+	// store read: skip it (last-seen is still written every
+	// lastSeenEvery; while connected, "connected" is what counts, and the
+	// disconnect writes the exact time).
 	if c.steady && msg.AgentDescription == nil && msg.Health == nil && msg.RemoteConfigStatus == nil &&
 		msg.EffectiveConfig == nil && msg.ConnectionSettingsStatus == nil && msg.PackageStatuses == nil &&
-		msg.AgentDisconnect == nil && now.Sub(c.lastWrite) < time.Minute {
+		msg.AgentDisconnect == nil && now.Sub(c.lastWrite) < lastSeenEvery {
 		return nil, nil
 	}
 	var revokeOld string
@@ -705,10 +707,15 @@ func (c *conn) expiry() *time.Time {
 	return &t
 }
 
+// lastSeenEvery is how often the last-seen time of a connected agent is
+// written when nothing else changed. At 19,000 agents a minute meant 316
+// store writes a second for nothing an operator reads.
+const lastSeenEvery = 5 * time.Minute
+
 // changed reports whether a record differs in a way worth a write; the
-// last-seen time alone is written at most once a minute.
+// last-seen time alone is written at most every lastSeenEvery.
 func changed(b, a *store.Agent, lastWrite, now time.Time) bool {
-	if now.Sub(lastWrite) > time.Minute {
+	if now.Sub(lastWrite) > lastSeenEvery {
 		return true
 	}
 	if b.Connected != a.Connected || b.Healthy != a.Healthy || b.Health != a.Health || b.Version != a.Version ||

@@ -104,7 +104,11 @@ func scanAssignment(r scanner) (*store.Assignment, error) {
 }
 
 func (s *Store) AssignmentByAgent(ctx context.Context, agentID string) (*store.Assignment, error) {
-	a, err := scanAssignment(s.db.QueryRowContext(ctx, `SELECT `+assignCols+` FROM config_assignments WHERE agent_id = ?`, agentID))
+	st, err := s.stmt(ctx, `SELECT `+assignCols+` FROM config_assignments WHERE agent_id = ?`)
+	if err != nil {
+		return nil, fmt.Errorf("get assignment: %w", err)
+	}
+	a, err := scanAssignment(st.QueryRowContext(ctx, agentID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("assignment of agent %q: %w", agentID, store.ErrNotFound)
 	}
