@@ -35,7 +35,14 @@ type Blobs interface {
 	// that a cleanup at startup may remove every unindexed blob at once;
 	// when false, it leaves those younger than Options.OrphanGrace alone.
 	Exclusive() bool
+	// String names the location, such as "local" or
+	// "s3://bucket/prefix/". An index records it and refuses to open with
+	// blobs elsewhere.
+	String() string
 }
+
+// localBlobs is the location of blobs in the store's directory.
+const localBlobs = "local"
 
 // BlobInfo describes a listed blob.
 type BlobInfo struct {
@@ -196,6 +203,9 @@ func (b *DirBlobs) List(ctx context.Context, prefix string, fn func(BlobInfo) er
 
 // Exclusive implements Blobs: a directory belongs to one store.
 func (b *DirBlobs) Exclusive() bool { return true }
+
+// String implements Blobs: "local", whatever the path (data dirs move).
+func (b *DirBlobs) String() string { return localBlobs }
 
 // pruneEmptyDirs removes the empty directories below the root.
 func (b *DirBlobs) pruneEmptyDirs() {

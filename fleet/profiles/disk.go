@@ -143,6 +143,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 CREATE INDEX IF NOT EXISTS profiles_series_time ON profiles (series_id, time_ns);
 CREATE INDEX IF NOT EXISTS profiles_time ON profiles (time_ns);
 CREATE INDEX IF NOT EXISTS profiles_level_time ON profiles (level, time_ns);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 `
 
 // pgSchema is the index on PostgreSQL, in its own schema (search_path).
@@ -168,6 +169,7 @@ CREATE TABLE IF NOT EXISTS profiles (
 CREATE INDEX IF NOT EXISTS profiles_series_time ON profiles (series_id, time_ns);
 CREATE INDEX IF NOT EXISTS profiles_time ON profiles (time_ns);
 CREATE INDEX IF NOT EXISTS profiles_level_time ON profiles (level, time_ns);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 `
 
 // pgSchemaName holds the index tables on PostgreSQL.
@@ -221,6 +223,47 @@ func (s *DiskStore) q(query string) string {
 		b.WriteByte(query[i])
 	}
 	return b.String()
+}
+
+// checkBlobsLocation records in the index where its blobs are
+// (Blobs.String) and refuses other blobs: an index opened on the wrong
+// bucket, prefix or backend would take its rows for dangling and delete
+// them. An index from before the record, with rows, had local blobs.
+func (s *DiskStore) checkBlobsLocation(ctx context.Context) error {
+	want := s.blobs.String()
+	var have string
+	err := s.r.QueryRowContext(ctx, s.q(`SELECT value FROM meta WHERE key = ?`), "blobs").Scan(&have)
+	if errors.Is(err, sql.ErrNoRows) {
+		var n int
+		if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM profiles LIMIT 1) AS x`).Scan(&n); err != nil {
+			return fmt.Errorf("read profile index: %w", err)
+		}
+		have = want
+		if n > 0 {
+			have = localBlobs
+		}
+		if _, err := s.w.ExecContext(ctx, s.q(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING`), "blobs", have); err != nil {
+			return fmt.Errorf("record blob location: %w", err)
+		}
+		// Another replica may have recorded it first.
+		if err := s.r.QueryRowContext(ctx, s.q(`SELECT value FROM meta WHERE key = ?`), "blobs").Scan(&have); err != nil {
+			return fmt.Errorf("read blob location: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("read blob location: %w", err)
+	}
+	if have != want {
+		return fmt.Errorf("the profile index in %s holds profiles whose blobs are at %s, not %s (move the index aside to start afresh): %w",
+			s.indexName(), have, want, ErrInvalid)
+	}
+	return nil
+}
+
+func (s *DiskStore) indexName() string {
+	if s.pg {
+		return "PostgreSQL (schema " + pgSchemaName + ")"
+	}
+	return filepath.Join(s.dir, "index.db")
 }
 
 // Open opens (creating if needed) the store in dir, the store's own
@@ -283,6 +326,10 @@ func Open(ctx context.Context, dir string, opts *Options) (*DiskStore, error) {
 				return nil, fmt.Errorf("register profile store metrics: %w", err)
 			}
 		}
+	}
+	if err := s.checkBlobsLocation(ctx); err != nil {
+		s.Close()
+		return nil, err
 	}
 	if err := s.Cleanup(ctx, true); err != nil {
 		s.Close()

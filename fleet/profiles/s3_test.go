@@ -210,3 +210,22 @@ func TestWriteFailsWhole(t *testing.T) {
 }
 
 var minioStat = minio.StatObjectOptions{}
+
+// TestIndexRefusesOtherBlobs: an index records where its blobs are, and
+// opening it with blobs elsewhere fails instead of taking every row for
+// dangling.
+func TestIndexRefusesOtherBlobs(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, nil)
+	seed(t, s)
+	s.Close()
+	bucket := sharedS3(t).Bucket(t)
+	_, err := profiles.Open(t.Context(), dir, &profiles.Options{Blobs: s3Blobs(t, bucket)})
+	if !errors.Is(err, profiles.ErrInvalid) || !strings.Contains(err.Error(), "blobs are at local, not s3://"+bucket+"/fleet-a/") {
+		t.Fatalf("open a local index with S3 blobs: %v", err)
+	}
+	s = openStore(t, dir, nil)
+	if rows, _, err := s.Stats(t.Context()); err != nil || rows != 13 {
+		t.Errorf("rows after the refused open: %d, %v; want 13", rows, err)
+	}
+}
