@@ -82,8 +82,14 @@ func (s *Store) NewBus(o BusOptions) (*Bus, error) {
 	b.received = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_bus_received_total", Help: "Notifications received from other replicas."})
 	b.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_bus_dropped_total", Help: "Malformed notifications dropped."})
 	b.reconnects = prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_bus_connects_total", Help: "Connections of the notification listener."})
+	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fleetprof_bus_live", Help: "1 while the notification listener is connected and listening."}, func() float64 {
+		if b.Live() {
+			return 1
+		}
+		return 0
+	})
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.received, b.dropped, b.reconnects} {
+		for _, c := range []prometheus.Collector{b.received, b.dropped, b.reconnects, live} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register bus metrics: %w", err)
 			}

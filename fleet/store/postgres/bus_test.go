@@ -164,3 +164,39 @@ func TestBusRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestBusQuietCheck: a listener that hears nothing for CheckEvery pings
+// the server and keeps its connection (no reconnect, no resync), and
+// still receives afterwards.
+func TestBusQuietCheck(t *testing.T) {
+	dsn := pg.NewDatabase(t)
+	reg := prometheus.NewRegistry()
+	b := runBus(t, open(t, dsn), postgres.BusOptions{CheckEvery: 100 * time.Millisecond, Registerer: reg})
+	pub := runBus(t, open(t, dsn), postgres.BusOptions{})
+	waitLive(t, b, 10*time.Second)
+	ch := b.Subscribe(t.Context(), store.TopicAssign)
+	time.Sleep(time.Second) // about ten quiet checks
+	if err := pub.Publish(t.Context(), store.TopicAssign, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev := next(t, ch)
+		if ev.Resync {
+			t.Error("resync after quiet checks: the listener reconnected")
+		}
+		if len(ev.IDs) > 0 {
+			break
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "fleetprof_bus_connects_total" {
+			if n := mf.GetMetric()[0].GetCounter().GetValue(); n != 1 {
+				t.Errorf("listener connected %v times in a quiet second, want 1", n)
+			}
+		}
+	}
+}
