@@ -157,29 +157,6 @@ static __always_inline void note_stack_err(long id)
 		stat_inc(STAT_STACK_FULL);
 }
 
-/* count adds one to key's count and returns true when the key is new in
- * this window (the only case where the pid may be new too). */
-static __always_inline bool count(void *counts, struct stack_key *key)
-{
-	__u64 *v = bpf_map_lookup_elem(counts, key);
-	if (v) {
-		__sync_fetch_and_add(v, 1);
-		return false;
-	}
-	__u64 one = 1;
-	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		v = bpf_map_lookup_elem(counts, key);
-		if (v)
-			__sync_fetch_and_add(v, 1);
-		return false;
-	} else if (err) {
-		stat_inc(STAT_DROPPED_FULL);
-		return false;
-	}
-	return true;
-}
-
 /* User registers the walk starts from. */
 struct user_regs {
 	__u64 ip, fp, sp;
@@ -290,6 +267,36 @@ static __always_inline __u64 store_user(void *ustacks, __u64 hash, struct user_s
 	return 0;
 }
 
+/* count adds one to key's count in counts and returns true when the key
+ * is new in this window (the only case where the pid may be new too). A
+ * new key's user stack (scratch st) is stored in ustacks first, so a key
+ * found in counts has its stack in ustacks of the same slot already: the
+ * common case, a stack seen before in this window, costs one lookup. A
+ * stack that cannot be stored is counted as lost and the key gets no user
+ * stack. */
+static __always_inline bool count(void *counts, void *ustacks, struct stack_key *key, struct user_stack *st)
+{
+	__u64 *v = bpf_map_lookup_elem(counts, key);
+	if (v) {
+		__sync_fetch_and_add(v, 1);
+		return false;
+	}
+	if (key->user_stack && st)
+		key->user_stack = store_user(ustacks, key->user_stack, st);
+	__u64 one = 1;
+	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		v = bpf_map_lookup_elem(counts, key);
+		if (v)
+			__sync_fetch_and_add(v, 1);
+		return false;
+	} else if (err) {
+		stat_inc(STAT_DROPPED_FULL);
+		return false;
+	}
+	return true;
+}
+
 SEC("perf_event")
 int sample(struct bpf_perf_event_data *ctx)
 {
@@ -320,12 +327,10 @@ int sample(struct bpf_perf_event_data *ctx)
 
 	struct user_regs regs;
 	struct user_stack *st = bpf_map_lookup_elem(&scratch, &zero);
-	if (st && user_regs_of(ctx, user, &regs)) {
-		__u64 hash = walk_user(&regs, st);
-		key.user_stack = one ? store_user(&ustacks1, hash, st) : store_user(&ustacks0, hash, st);
-	}
+	if (st && user_regs_of(ctx, user, &regs))
+		key.user_stack = walk_user(&regs, st);
 
-	bool fresh = one ? count(&counts1, &key) : count(&counts0, &key);
+	bool fresh = one ? count(&counts1, &ustacks1, &key, st) : count(&counts0, &ustacks0, &key, st);
 
 	/* A pid is looked up in known_pids only when its key is new in this
 	 * window, not on every sample. */
