@@ -31,6 +31,8 @@ type Store struct {
 	// records, assignments), which every OpAMP message and config push
 	// runs: preparing them each time was a tenth of the fleet's CPU.
 	stmts sync.Map // query → *sql.Stmt
+	// agents group-commits agent record updates (agentwrites.go).
+	agents *agentWriter
 }
 
 // stmt returns query prepared once.
@@ -72,11 +74,15 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.agents = newAgentWriter(db)
 	return s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.agents.close()
+	return s.db.Close()
+}
 
 // DB exposes the handle for tests and health checks.
 func (s *Store) DB() *sql.DB { return s.db }
@@ -362,10 +368,16 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
 		}
 	} else {
-		var st *sql.Stmt
-		if st, err = s.stmt(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`); err == nil {
-			res, err = st.ExecContext(ctx, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
+		n, err := s.agents.write(ctx, &agentWrite{projectID: a.ProjectID, id: a.ID, doc: string(doc), version: a.RowVersion, prev: prev, at: ms(now)})
+		if err != nil {
+			a.RowVersion = prev
+			return fmt.Errorf("upsert agent: %w", err)
 		}
+		if n == 0 {
+			a.RowVersion = prev
+			return fmt.Errorf("update agent %s at version %d: %w", a.ID, prev, store.ErrConflict)
+		}
+		return nil
 	}
 	if err != nil {
 		a.RowVersion = prev
