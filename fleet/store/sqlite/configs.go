@@ -28,7 +28,7 @@ func scanConfig(r scanner) (*store.ConfigVersion, error) {
 }
 
 func (s *Store) CreateConfigVersion(ctx context.Context, c *store.ConfigVersion) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("create config version: %w", full(err))
 	}
@@ -140,7 +140,7 @@ func (s *Store) SetAssignments(ctx context.Context, as []*store.Assignment) erro
 }
 
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, full(err))
 	}

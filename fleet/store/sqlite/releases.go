@@ -22,7 +22,7 @@ func (s *Store) CreateRelease(ctx context.Context, r *store.Release) error {
 	if err != nil {
 		return fmt.Errorf("encode release: %w", full(err))
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, ms(r.CreatedAt), string(doc))
+	_, err = s.w.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, ms(r.CreatedAt), string(doc))
 	if isUnique(err) {
 		return fmt.Errorf("release %s: %w", r.Version, store.ErrConflict)
 	}

@@ -26,7 +26,13 @@ var migrations embed.FS
 
 // Store is a store.Store on one SQLite file.
 type Store struct {
+	// db serves reads (a pool: WAL readers never wait for the writer).
 	db *sql.DB
+	// w serves writes, on one connection: writers queue in Go instead of
+	// sleeping in SQLite's busy handler while holding pooled connections
+	// that readers need (a storm of enrollments starved reads into
+	// timeouts).
+	w *sql.DB
 	// stmts caches the prepared statements of the hot paths (agent
 	// records, assignments), which every OpAMP message and config push
 	// runs: preparing them each time was a tenth of the fleet's CPU.
@@ -69,26 +75,33 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", file, full(err))
 	}
 	db.SetMaxOpenConns(8)
-	s := &Store{db: db}
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", file, full(err))
+	}
+	w.SetMaxOpenConns(1)
+	s := &Store{db: db, w: w}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
+		w.Close()
 		return nil, err
 	}
-	s.agents = newAgentWriter(db)
+	s.agents = newAgentWriter(w)
 	return s, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
 	s.agents.close()
-	return s.db.Close()
+	return errors.Join(s.w.Close(), s.db.Close())
 }
 
 // DB exposes the handle for tests and health checks.
 func (s *Store) DB() *sql.DB { return s.db }
 
 func (s *Store) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+	if _, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("create migrations table: %w", full(err))
 	}
 	names, err := fs.Glob(migrations, "migrations/*.sql")
@@ -110,7 +123,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("read migration %s: %w", v, full(err))
 		}
-		tx, err := s.db.BeginTx(ctx, nil)
+		tx, err := s.w.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("migration %s: %w", v, full(err))
 		}
@@ -180,7 +193,7 @@ func fromNull(v sql.NullInt64) *time.Time {
 // Projects.
 
 func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, ms(p.CreatedAt))
+	_, err := s.w.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, ms(p.CreatedAt))
 	if isUnique(err) {
 		return fmt.Errorf("create project %q: %w", p.Name, store.ErrConflict)
 	}
@@ -229,7 +242,7 @@ const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_use
 
 func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 	labels, _ := json.Marshal(t.Labels)
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.w.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
 		t.CreatedBy, ms(t.CreatedAt), msp(t.ExpiresAt), msp(t.LastUsedAt), msp(t.RevokedAt))
 	if isUnique(err) {
@@ -296,7 +309,7 @@ func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.Tok
 }
 
 func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
+	res, err := s.w.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
 	if err != nil {
 		return fmt.Errorf("revoke token: %w", full(err))
 	}
@@ -324,7 +337,7 @@ func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error)
 }
 
 func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
+	res, err := s.w.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
 	if err != nil {
 		return fmt.Errorf("use token: %w", full(err))
 	}
@@ -338,7 +351,7 @@ func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
 }
 
 func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
+	if _, err := s.w.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
 		return fmt.Errorf("touch token: %w", full(err))
 	}
 	return nil
@@ -362,7 +375,7 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	}
 	var res sql.Result
 	if prev == 0 {
-		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		res, err = s.w.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
 		if isUnique(err) {
 			a.RowVersion = prev
 			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
@@ -447,7 +460,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 }
 
 func (s *Store) MarkAllDisconnected(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1`)
+	_, err := s.w.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1`)
 	if err != nil {
 		return fmt.Errorf("mark agents disconnected: %w", full(err))
 	}
@@ -460,7 +473,7 @@ func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?)`, ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result)
+	res, err := s.w.ExecContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?)`, ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result)
 	if err != nil {
 		return fmt.Errorf("append audit: %w", full(err))
 	}

@@ -15,7 +15,7 @@ var _ store.Users = (*Store)(nil)
 // Organizations.
 
 func (s *Store) CreateOrg(ctx context.Context, o *store.Org) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
+	_, err := s.w.ExecContext(ctx, `INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, ms(o.CreatedAt))
 	if isUnique(err) {
 		return fmt.Errorf("create organization %q: %w", o.Name, store.ErrConflict)
 	}
@@ -65,7 +65,7 @@ func (s *Store) SetProjectOrg(ctx context.Context, projectID, orgID string) erro
 	if _, err := s.ProjectByID(ctx, projectID); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
+	_, err := s.w.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
 		ON CONFLICT(project_id) DO UPDATE SET org_id = excluded.org_id`, projectID, orgID)
 	if err != nil {
 		return fmt.Errorf("set project organization: %w", full(err))
@@ -95,7 +95,7 @@ func (s *Store) ProjectOrgs(ctx context.Context) (map[string]string, error) {
 const userCols = `id, name, key_hash, fleet_admin, read_only, created_by, created_at, last_login_at`
 
 func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
+	_, err := s.w.ExecContext(ctx, `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
 		u.ID, u.Name, u.KeyHash, u.FleetAdmin, u.ReadOnly, u.CreatedBy, ms(u.CreatedAt), msp(u.LastLoginAt))
 	if isUnique(err) {
 		return fmt.Errorf("create user %q: %w", u.Name, store.ErrConflict)
@@ -155,7 +155,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]*store.User, error) {
 }
 
 func (s *Store) DeleteUser(ctx context.Context, id string) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("delete user: %w", full(err))
 	}
@@ -180,7 +180,7 @@ func (s *Store) DeleteUser(ctx context.Context, id string) error {
 }
 
 func (s *Store) TouchUser(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE users SET last_login_at = ? WHERE id = ?`, ms(at), id); err != nil {
+	if _, err := s.w.ExecContext(ctx, `UPDATE users SET last_login_at = ? WHERE id = ?`, ms(at), id); err != nil {
 		return fmt.Errorf("touch user: %w", full(err))
 	}
 	return nil
@@ -190,7 +190,7 @@ func (s *Store) TouchUser(ctx context.Context, id string, at time.Time) error {
 
 func (s *Store) SetMembership(ctx context.Context, m store.Membership) error {
 	if m.Role == store.RoleNone {
-		if _, err := s.db.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ? AND org_id = ?`, m.UserID, m.OrgID); err != nil {
+		if _, err := s.w.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ? AND org_id = ?`, m.UserID, m.OrgID); err != nil {
 			return fmt.Errorf("remove membership: %w", full(err))
 		}
 		return nil
@@ -201,7 +201,7 @@ func (s *Store) SetMembership(ctx context.Context, m store.Membership) error {
 	if _, err := s.OrgByID(ctx, m.OrgID); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO memberships(user_id, org_id, role) VALUES (?, ?, ?)
+	_, err := s.w.ExecContext(ctx, `INSERT INTO memberships(user_id, org_id, role) VALUES (?, ?, ?)
 		ON CONFLICT(user_id, org_id) DO UPDATE SET role = excluded.role`, m.UserID, m.OrgID, string(m.Role))
 	if err != nil {
 		return fmt.Errorf("set membership: %w", full(err))
@@ -238,10 +238,10 @@ func (s *Store) Memberships(ctx context.Context, userID string) ([]store.Members
 
 func (s *Store) CreateSession(ctx context.Context, se *store.Session) error {
 	// Expired sessions go on every sign-in, which keeps the table small.
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, ms(se.CreatedAt)); err != nil {
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, ms(se.CreatedAt)); err != nil {
 		return fmt.Errorf("expire sessions: %w", full(err))
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
+	_, err := s.w.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
 		se.ID, se.CSRF, se.Kind, se.Subject, se.Name, ms(se.CreatedAt), ms(se.ExpiresAt))
 	if isUnique(err) {
 		return fmt.Errorf("create session: %w", store.ErrConflict)
@@ -268,7 +268,7 @@ func (s *Store) SessionByID(ctx context.Context, id string, now time.Time) (*sto
 }
 
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
 		return fmt.Errorf("delete session: %w", full(err))
 	}
 	return nil
