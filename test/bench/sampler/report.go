@@ -58,9 +58,12 @@ func printReport(idleStartup string, files []string) error {
 			100*r.FramesResolved["user"], r.LoadAverage)
 	}
 	fmt.Println()
-	fmt.Println("The BPF cost per sample depends on what the CPUs run: deep user stacks and samples in kernel")
-	fmt.Println("mode (unwound by the kernel) cost several times what the 20 shallow busy loops do, so it is")
-	fmt.Println("higher while other work (compilers, test binaries) shares the machine; see the load average.")
+	fmt.Println("The BPF cost per sample depends on what the CPUs run. User stacks are walked by our program")
+	fmt.Println("(frame pointers, one 16-byte read per frame, stopping before any read that could fault: the")
+	fmt.Println("kernel's own user walk ended every stack with a page fault, several µs each in this VM);")
+	fmt.Println("kernel stacks, for samples taken in kernel mode, by the kernel. Deep user stacks and kernel-mode")
+	fmt.Println("samples cost several times what the 20 shallow busy loops do, so the figure is higher while")
+	fmt.Println("other work (compilers, test binaries) shares the machine; see the load average.")
 	base := rs[0]
 	fmt.Println()
 	fmt.Printf("Ratio at %d Hz against the reference profiler at 20 Hz (figures quoted in the issue, not\n", base.Hz)
