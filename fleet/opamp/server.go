@@ -444,6 +444,10 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 	}
 	c.lastSeq, c.haveSeq = msg.SequenceNum, true
 
+	if c.claims.Kind() == token.KindAgent && c.quiet(msg, s.o.Now()) {
+		// Most messages of a fleet: nothing to store, nothing to answer.
+		return resp
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var offer *protobufs.ConnectionSettingsOffers
@@ -615,13 +619,7 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	s := c.s
 	now := s.o.Now().UTC()
 	jti := c.claims.ID
-	// A bare heartbeat on a settled connection changes nothing worth a
-	// store read: skip it (last-seen is still written every
-	// lastSeenEvery; while connected, "connected" is what counts, and the
-	// disconnect writes the exact time).
-	if c.steady && msg.AgentDescription == nil && msg.Health == nil && msg.RemoteConfigStatus == nil &&
-		msg.EffectiveConfig == nil && msg.ConnectionSettingsStatus == nil && msg.PackageStatuses == nil &&
-		msg.AgentDisconnect == nil && now.Sub(c.lastWrite) < lastSeenEvery {
+	if c.quiet(msg, now) {
 		return nil, nil
 	}
 	var revokeOld string
@@ -697,6 +695,17 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		return s.offerCredential(ctx, c.agentID, "rotate", nil)
 	}
 	return nil, nil
+}
+
+// quiet reports whether msg is a bare heartbeat on a settled connection:
+// it changes nothing worth a store read (last-seen is still written every
+// lastSeenEvery; while connected, "connected" is what counts, and the
+// disconnect writes the exact time).
+func (c *conn) quiet(msg *protobufs.AgentToServer, now time.Time) bool {
+	return c.steady && msg.AgentDescription == nil && msg.Health == nil && msg.RemoteConfigStatus == nil &&
+		msg.EffectiveConfig == nil && msg.ConnectionSettingsStatus == nil && msg.PackageStatuses == nil &&
+		msg.AgentDisconnect == nil && msg.CustomCapabilities == nil && msg.CustomMessage == nil &&
+		now.Sub(c.lastWrite) < lastSeenEvery
 }
 
 func (c *conn) expiry() *time.Time {
