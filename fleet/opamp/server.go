@@ -194,7 +194,9 @@ func New(o Options) (*Server, error) {
 	}
 	o.Callbacks.SetDefaults()
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, jobs: make(chan func())}
-	for i := 0; i < 16; i++ {
+	// Enough concurrent store calls for the group commit of agent
+	// updates to fill its batches in a reconnect storm.
+	for i := 0; i < storeWorkers; i++ {
 		go s.worker()
 	}
 	s.m = metrics{
@@ -448,14 +450,14 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 		// Most messages of a fleet: nothing to store, nothing to answer.
 		return resp
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	var offer *protobufs.ConnectionSettingsOffers
 	var err error
-	// Store work runs on a small pool of workers: the connection's own
-	// goroutine keeps a small stack (SQLite and JSON are deep), which is
-	// most of what an idle agent costs.
+	// Store work runs on a bounded pool of workers; the store's time limit
+	// starts when a worker takes the message, not while it waits in a
+	// reconnect storm (a message that waited is not the store's fault).
 	s.work(func() {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 		switch c.claims.Kind() {
 		case token.KindBootstrap:
 			offer, err = c.enroll(ctx, msg)
@@ -715,6 +717,9 @@ func (c *conn) expiry() *time.Time {
 	t := c.claims.ExpiresAt.Time.UTC()
 	return &t
 }
+
+// storeWorkers bounds the OpAMP messages doing store work at once.
+const storeWorkers = 128
 
 // lastSeenEvery is how often the last-seen time of a connected agent is
 // written when nothing else changed. At 19,000 agents a minute meant 316
