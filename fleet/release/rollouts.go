@@ -96,7 +96,7 @@ func (m *Manager) StartRollout(ctx context.Context, req RolloutRequest) (*Status
 		WaveCount: req.WaveCount, WavePause: req.WavePause, MaxFailurePercent: req.MaxFailurePercent,
 		Stage: -1, Status: rollout.StatusPending, CreatedBy: req.Actor, CreatedAt: now, UpdatedAt: now,
 	}}
-	agents, err := m.st.ListAgents(ctx, store.AgentFilter{ProjectID: req.ProjectID, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
+	agents, err := m.st.ListAgents(ctx, store.AgentFilter{ProjectID: req.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
 	if err != nil {
 		return nil, err
 	}

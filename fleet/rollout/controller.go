@@ -494,7 +494,7 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 // match and for which no other live rollout wins the conflict rule. The
 // order (by id) fixes who is in the canary.
 func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector.Selector) ([]string, error) {
-	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
+	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
 	if err != nil {
 		return nil, err
 	}
@@ -687,7 +687,7 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, ras []*stor
 	}
 	agents := map[string]*store.Agent{}
 	if len(want) > 0 {
-		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return want[a.ID] }})
+		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return want[a.ID] }})
 		if err != nil {
 			return false, err
 		}
@@ -809,7 +809,7 @@ func (c *Controller) complete(ctx context.Context, r *store.Rollout, ras []*stor
 		in[ra.AgentID] = true
 	}
 	sel := c.selector(r.Selector)
-	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Match: func(a *store.Agent) bool { return !in[a.ID] && sel.Matches(a.Labels) }})
+	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return !in[a.ID] && sel.Matches(a.Labels) }})
 	if err != nil {
 		return err
 	}

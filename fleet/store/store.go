@@ -97,7 +97,15 @@ var WellKnownLabels = []string{"platform", "node", "cluster", "version", "os", "
 type AgentFilter struct {
 	ProjectID string
 	Match     func(*Agent) bool // applied in Go after the SQL filter (label selectors)
+	// Brief returns agents with only the fields that selectors and
+	// rollouts judge by (BriefFields); the rest are zero. Decoding whole
+	// records (descriptions, effective configs) was most of a rollout's
+	// cost at 19,000 agents.
+	Brief bool
 }
+
+// BriefFields lists the Agent fields a Brief listing fills.
+var BriefFields = []string{"ID", "ProjectID", "RowVersion", "Labels", "Platform", "Hostname", "Version", "Connected", "Healthy", "Health", "ConfigHash", "ConfigStatus", "ConfigError"}
 
 // AuditEntry records one admin action.
 type AuditEntry struct {

@@ -462,8 +462,31 @@ func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) 
 	return decodeAgent(doc, ver)
 }
 
+// briefCols are the columns of a Brief agent listing (store.BriefFields),
+// read from the JSONB record without decoding it in Go.
+const briefCols = `id, project_id, row_version, COALESCE(doc->'labels', '{}'::jsonb)::text,
+	COALESCE(doc->>'platform', ''), COALESCE(doc->>'hostname', ''), COALESCE(doc->>'version', ''),
+	COALESCE((doc->>'connected')::boolean, false), COALESCE((doc->>'healthy')::boolean, false), COALESCE(doc->>'health', ''),
+	COALESCE(doc->>'configHash', ''), COALESCE(doc->>'configStatus', ''), COALESCE(doc->>'configError', '')`
+
+func scanBrief(rows *sql.Rows) (*store.Agent, error) {
+	a := &store.Agent{}
+	var labels string
+	if err := rows.Scan(&a.ID, &a.ProjectID, &a.RowVersion, &labels, &a.Platform, &a.Hostname, &a.Version,
+		&a.Connected, &a.Healthy, &a.Health, &a.ConfigHash, &a.ConfigStatus, &a.ConfigError); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(labels), &a.Labels); err != nil {
+		return nil, fmt.Errorf("decode labels of agent %s: %w", a.ID, err)
+	}
+	return a, nil
+}
+
 func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
 	q := `SELECT doc, row_version FROM agents`
+	if f.Brief {
+		q = `SELECT ` + briefCols + ` FROM agents`
+	}
 	var args []any
 	if f.ProjectID != "" {
 		q += ` WHERE project_id = ?`
@@ -476,14 +499,20 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	defer rows.Close()
 	var out []*store.Agent
 	for rows.Next() {
-		var doc string
-		var ver int64
-		if err := rows.Scan(&doc, &ver); err != nil {
-			return nil, fmt.Errorf("list agents: %w", err)
-		}
-		a, err := decodeAgent(doc, ver)
-		if err != nil {
-			return nil, err
+		var a *store.Agent
+		if f.Brief {
+			if a, err = scanBrief(rows); err != nil {
+				return nil, fmt.Errorf("list agents: %w", err)
+			}
+		} else {
+			var doc string
+			var ver int64
+			if err := rows.Scan(&doc, &ver); err != nil {
+				return nil, fmt.Errorf("list agents: %w", err)
+			}
+			if a, err = decodeAgent(doc, ver); err != nil {
+				return nil, err
+			}
 		}
 		if f.Match == nil || f.Match(a) {
 			out = append(out, a)

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -257,6 +258,28 @@ func testAgents(t *testing.T, s store.Store) {
 		if diff := cmp.Diff(tc.want, list(tc.f)); diff != "" {
 			t.Errorf("ListAgents %s (-want +got):\n%s", tc.name, diff)
 		}
+	}
+
+	// A Brief listing fills BriefFields as a full read does, and nothing
+	// else; its selector Match sees the labels.
+	d := Agent("b1", "pb")
+	d.EffectiveConfig, d.Healthy, d.ConfigError, d.ConfigHash, d.ConfigStatus, d.Health = "big: yaml", false, "boom", "h1", "FAILED", "sick"
+	must(t, s.UpsertAgent(ctx, d))
+	must(t, s.UpsertAgent(ctx, Agent("b2", "pb")))
+	full, err := s.AgentByID(ctx, "b1")
+	must(t, err)
+	brief, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "pb", Brief: true, Match: func(a *store.Agent) bool { return a.Labels["node"] == "host-b1" }})
+	must(t, err)
+	if len(brief) != 1 {
+		t.Fatalf("brief listing: %d agents, want b1", len(brief))
+	}
+	var want store.Agent
+	wv, fv := reflect.ValueOf(&want).Elem(), reflect.ValueOf(full).Elem()
+	for _, f := range store.BriefFields {
+		wv.FieldByName(f).Set(fv.FieldByName(f))
+	}
+	if diff := cmp.Diff(&want, brief[0]); diff != "" {
+		t.Errorf("brief listing (-want +got):\n%s", diff)
 	}
 
 	// MarkAllDisconnected clears Connected and bumps the version of the
