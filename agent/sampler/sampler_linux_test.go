@@ -334,3 +334,49 @@ func TestFullMapCountsDrops(t *testing.T) {
 		t.Errorf("dropped metric = %v, window says %d", got, w.Dropped)
 	}
 }
+
+// TestFullStackMapCountsLost: a user stack map too small for the window
+// loses stacks, and says so in the window and the metric; the samples
+// stay, without that stack.
+func TestFullStackMapCountsLost(t *testing.T) {
+	fptestutil.RequireBPF(t)
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{FrequencyHz: 499, Window: time.Second, StackEntries: 1, Registerer: reg})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	for range 2 {
+		go spin(ctx)
+	}
+	var w *Window
+	if err := s.Run(ctx, func(win *Window) { w = win; cancel() }); err != nil {
+		t.Fatal(err)
+	}
+	self := uint32(os.Getpid())
+	stacks := map[*uint64]bool{}
+	var own, without uint64
+	for _, smp := range w.Samples {
+		if len(smp.User) > 0 {
+			stacks[&smp.User[0]] = true
+		}
+		if smp.PID == self {
+			own += smp.Count
+			if len(smp.User) == 0 {
+				without += smp.Count
+			}
+		}
+	}
+	t.Logf("%d own samples, %d without a user stack; %d distinct user stacks; %d lost", own, without, len(stacks), w.LostStacks)
+	if len(stacks) > 1 {
+		t.Errorf("%d distinct user stacks from a 1-entry map", len(stacks))
+	}
+	if w.LostStacks == 0 || without == 0 {
+		t.Fatalf("LostStacks = %d, own samples without a user stack = %d; want both > 0 with a 1-entry stack map and spinning threads", w.LostStacks, without)
+	}
+	if got := gather(t, reg, "fleetprof_sampler_lost_stacks_total"); got < float64(w.LostStacks) {
+		t.Errorf("lost stacks metric = %v, window says %d", got, w.LostStacks)
+	}
+}
