@@ -33,7 +33,8 @@ type Options struct {
 	// live the store is re-read only every FallbackInterval.
 	Bus store.Bus
 	// FallbackInterval is the slower re-read while Bus is live; 0 means
-	// 10s.
+	// 4s, so that the 5 s promise for revocations holds even when a
+	// notification is lost (the re-read is one indexed query).
 	FallbackInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -66,7 +67,7 @@ func New(ctx context.Context, o Options) (*Authenticator, error) {
 		o.RefreshInterval = time.Second
 	}
 	if o.FallbackInterval <= 0 {
-		o.FallbackInterval = 10 * time.Second
+		o.FallbackInterval = 4 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
