@@ -2,6 +2,7 @@ package opamp
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -125,7 +126,9 @@ func (s *Server) Run(ctx context.Context) error {
 			s.takeRotations(ctx, ev)
 		case now := <-t.C:
 			s.publishRotations(ctx)
-			if now.Sub(lastScan) >= time.Second {
+			// Scanning every connection is only needed when one may be
+			// due: a new connection, or the earliest due time passed.
+			if now.Sub(lastScan) >= time.Second && s.o.Now().UnixNano() >= s.scanAt.Load() {
 				lastScan = now
 				s.scanExpiring()
 			}
@@ -173,6 +176,12 @@ func (s *Server) offerNow(ctx context.Context, agentID string) {
 // scanExpiring queues agents whose credential is past RotateAt of its life.
 func (s *Server) scanExpiring() {
 	now := s.o.Now()
+	next := int64(math.MaxInt64)
+	soon := func(t time.Time) {
+		if n := t.UnixNano(); n < next {
+			next = n
+		}
+	}
 	s.mu.Lock()
 	var due []string
 	var expired []*conn
@@ -183,14 +192,22 @@ func (s *Server) scanExpiring() {
 			expired = append(expired, c)
 			continue
 		}
+		if cl.ExpiresAt != nil {
+			soon(cl.ExpiresAt.Time)
+		}
 		if c.offered.Load() || cl.ExpiresAt == nil || cl.IssuedAt == nil || cl.Kind() != "agent" {
 			continue
 		}
 		life := cl.ExpiresAt.Time.Sub(cl.IssuedAt.Time)
-		if now.After(cl.IssuedAt.Time.Add(time.Duration(float64(life) * s.o.RotateAt))) {
+		at := cl.IssuedAt.Time.Add(time.Duration(float64(life) * s.o.RotateAt))
+		if now.After(at) {
 			due = append(due, id)
+		} else {
+			soon(at)
 		}
 	}
+	// A connection registered from here on resets this (register).
+	s.scanAt.Store(next)
 	s.mu.Unlock()
 	for _, id := range due {
 		s.rq.push(id)

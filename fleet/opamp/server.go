@@ -109,10 +109,14 @@ type Server struct {
 	closed bool
 
 	pending atomic.Int64
-	poll    *poller
-	m       metrics
-	rq      rotationQueue
-	jobs    chan func()
+	// scanAt is when scanExpiring must look at the connections again
+	// (unix ns): the earliest rotation or expiry due, 0 after a new
+	// connection.
+	scanAt atomic.Int64
+	poll   *poller
+	m      metrics
+	rq     rotationQueue
+	jobs   chan func()
 }
 
 // work runs f on one of the server's store workers and waits for it.
@@ -384,6 +388,7 @@ func (c *conn) register() {
 	old := s.conns[c.agentID]
 	s.conns[c.agentID] = c
 	s.byJTI[c.claims.ID] = append(s.byJTI[c.claims.ID], c)
+	s.scanAt.Store(0)
 	s.m.connected.Set(float64(len(s.conns)))
 	s.mu.Unlock()
 	if old != nil && old != c && old.c != nil {
