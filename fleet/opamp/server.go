@@ -76,7 +76,8 @@ type Options struct {
 	// 503 + Retry-After. 0 means 19,000 (under the 20,000 file limit).
 	MaxConnections int
 	// MaxPendingHandshakes caps concurrent handshakes; beyond it 429 +
-	// Retry-After. 0 means 512.
+	// Retry-After (1–2 s). 0 means 2048: a handshake costs a goroutine
+	// and a signature check, and a refused agent loses a second or two.
 	MaxPendingHandshakes int
 	// MaxMessageBytes bounds a plain-HTTP OpAMP body after decompression.
 	// 0 means 4 MiB.
@@ -179,7 +180,7 @@ func New(o Options) (*Server, error) {
 		o.MaxConnections = 19000
 	}
 	if o.MaxPendingHandshakes <= 0 {
-		o.MaxPendingHandshakes = 512
+		o.MaxPendingHandshakes = 2048
 	}
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 4 << 20
@@ -293,7 +294,7 @@ func (s *Server) refuse(code int, hdr map[string]string) types.ConnectionRespons
 func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
 	if n := s.pending.Add(1); n > int64(s.o.MaxPendingHandshakes) {
 		s.pending.Add(-1)
-		return s.refuse(http.StatusTooManyRequests, retryAfter(2))
+		return s.refuse(http.StatusTooManyRequests, retryAfter(1))
 	}
 	defer s.pending.Add(-1)
 	ws := r.Header.Get("Content-Type") != "application/x-protobuf"

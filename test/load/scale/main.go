@@ -285,6 +285,9 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		return nil, fmt.Errorf("not every agent holds its own credential after 5 minutes")
 	}
 	r.enroll = time.Since(start)
+	if profileIdle != "" {
+		go fetchProfile(f.url, profileIdle, int(idle.Seconds()/2))
+	}
 	r.idleCPU, r.rss = measureIdle(f.cmd.Process.Pid, idle, func() { _, _ = http.Get(f.url + "/debug/pprof/heap?gc=1") })
 	r.rssPer = float64(r.rss-r.rss0) / float64(n)
 	r.heapPer = metric(f.url, "go_memstats_heap_inuse_bytes") / 1024 / float64(n)
@@ -298,7 +301,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	}
 	profiled := make(chan struct{})
 	if profilePush != "" {
-		go func() { defer close(profiled); fetchProfile(f.url, profilePush, 5) }()
+		go func() { defer close(profiled); fetchProfile(f.url, profilePush, profileSeconds) }()
 	} else {
 		close(profiled)
 	}
@@ -475,6 +478,8 @@ func run() error {
 	hb := flag.Duration("heartbeat", 30*time.Second, "agent heartbeat interval")
 	withBare := flag.Bool("baseline", true, "also measure the bare opamp-go baseline in the same run")
 	flag.StringVar(&profilePush, "profile-push", "", "write a CPU profile of the fleet during the config push to this file")
+	flag.IntVar(&profileSeconds, "profile-seconds", 5, "length of the push profile")
+	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
 	dir, err := os.MkdirTemp("", "fleetprof-scale-")
@@ -535,7 +540,10 @@ func run() error {
 
 // profilePush, when set, is where a CPU profile of the fleet during the
 // config push is written (-profile-push).
-var profilePush string
+var (
+	profilePush, profileIdle string
+	profileSeconds           int
+)
 
 func fetchProfile(url, path string, seconds int) {
 	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, seconds))
