@@ -79,7 +79,7 @@ type Manager struct {
 	started time.Time
 
 	qmu    sync.Mutex
-	queue  map[string]bool
+	queue  map[string]*store.Agent // agent id → its record when known
 	pushed map[string]pushRec
 	signal chan struct{}
 	kick   chan struct{}
@@ -129,7 +129,7 @@ func New(o Options) (*Manager, error) {
 	}
 	return &Manager{
 		o: o, st: o.Store, rs: rs, log: o.Logger, key: key, dir: dir, started: o.Now(),
-		queue: map[string]bool{}, pushed: map[string]pushRec{},
+		queue: map[string]*store.Agent{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 	}, nil
 }

@@ -274,7 +274,11 @@ func (m *Manager) OnAgentStatus(a *store.Agent) {
 	if m == nil || a == nil {
 		return
 	}
-	m.enqueue(a.ID)
+	if a.Platform == describe.PlatformKubernetes {
+		return // never offered a release (the DaemonSet owns its image)
+	}
+	cp := *a
+	m.enqueueAgent(a.ID, &cp)
 	m.wake()
 }
 
@@ -311,9 +315,17 @@ func (m *Manager) OnPackageStatuses(agentID string, ps *protobufs.PackageStatuse
 	m.wake()
 }
 
-func (m *Manager) enqueue(id string) {
+func (m *Manager) enqueue(id string) { m.enqueueAgent(id, nil) }
+
+// enqueueAgent queues an agent for a release check; a (when not nil) is
+// its record as just written, which spares the check a store read.
+func (m *Manager) enqueueAgent(id string, a *store.Agent) {
 	m.qmu.Lock()
-	m.queue[id] = true
+	if a != nil {
+		m.queue[id] = a
+	} else if _, ok := m.queue[id]; !ok {
+		m.queue[id] = nil
+	}
 	m.qmu.Unlock()
 	select {
 	case m.signal <- struct{}{}:
@@ -353,13 +365,13 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 			}
 			m.qmu.Lock()
 			batch := m.queue
-			m.queue = map[string]bool{}
+			m.queue = map[string]*store.Agent{}
 			m.qmu.Unlock()
-			for id := range batch {
+			for id, a := range batch {
 				if ctx.Err() != nil {
 					return
 				}
-				m.reconcile(ctx, id)
+				m.reconcile(ctx, id, a)
 			}
 		}
 	}()
@@ -386,10 +398,12 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 
 // reconcile offers an agent its assigned release when it runs another
 // version and has not failed to install that one.
-func (m *Manager) reconcile(ctx context.Context, id string) {
-	a, err := m.st.AgentByID(ctx, id)
-	if err != nil {
-		return
+func (m *Manager) reconcile(ctx context.Context, id string, a *store.Agent) {
+	if a == nil {
+		var err error
+		if a, err = m.st.AgentByID(ctx, id); err != nil {
+			return
+		}
 	}
 	if !a.Connected || a.Platform == describe.PlatformKubernetes {
 		m.qmu.Lock()
