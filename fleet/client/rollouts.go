@@ -34,6 +34,13 @@ func (c *Client) Rollout(ctx context.Context, id string) (*rollout.Status, error
 	return &out, c.Do(ctx, http.MethodGet, "/api/v1/rollouts/"+url.PathEscape(id), nil, &out)
 }
 
+// RolloutProgress returns a rollout with its counts, without the list of
+// agents (cheap to poll).
+func (c *Client) RolloutProgress(ctx context.Context, id string) (*rollout.Status, error) {
+	var out rollout.Status
+	return &out, c.Do(ctx, http.MethodGet, "/api/v1/rollouts/"+url.PathEscape(id)+"?agents=false", nil, &out)
+}
+
 // RolloutAction runs pause, resume or rollback on a rollout.
 func (c *Client) RolloutAction(ctx context.Context, id, action string) (*rollout.Status, error) {
 	var out rollout.Status

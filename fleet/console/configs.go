@@ -107,12 +107,12 @@ func (a *API) rolloutSummaries(ctx context.Context, projectID string) (any, erro
 		}
 		s := &RolloutSummary{ID: ro.ID, Status: ro.Status, Stage: ro.Stage, Reason: ro.Reason, Counts: map[string]int{}}
 		if i < 5 || !strings.Contains("completed rolled_back", ro.Status) {
-			ras, err := a.o.Store.ListRolloutAgents(ctx, ro.ID)
+			counts, err := a.o.Store.CountRolloutAgents(ctx, ro.ID)
 			if err != nil {
 				return nil, err
 			}
-			for _, ra := range ras {
-				s.Counts[ra.State]++
+			for _, n := range counts {
+				s.Counts[n.State] += n.N
 			}
 		}
 		out = append(out, s)

@@ -134,7 +134,12 @@ func (h *rolloutAPI) config(r *http.Request) (any, error) {
 	return cv, nil
 }
 
+// get answers a rollout with its agents, or with counts only for
+// ?agents=false (cheap to poll at any fleet size).
 func (h *rolloutAPI) get(r *http.Request) (any, error) {
+	if r.URL.Query().Get("agents") == "false" {
+		return h.ctl.Summary(r.Context(), r.PathValue("id"))
+	}
 	return h.ctl.Get(r.Context(), r.PathValue("id"))
 }
 

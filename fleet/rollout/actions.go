@@ -33,6 +33,34 @@ func (c *Controller) Get(ctx context.Context, id string) (*Status, error) {
 	return c.status(ctx, r)
 }
 
+// Summary returns a rollout with its progress counted in the store, without
+// the list of agents (what a poller needs; Agents is empty).
+func (c *Controller) Summary(ctx context.Context, id string) (*Status, error) {
+	r, err := c.st.RolloutByID(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	counts, err := c.st.CountRolloutAgents(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Rollout: r, Counts: map[string]int{}, Agents: []*store.RolloutAgent{}, StageSizes: make([]int, r.Stages)}
+	for _, n := range counts {
+		st.Targets += n.N
+		st.Counts[n.State] += n.N
+		if n.Stage >= 0 && n.Stage < r.Stages {
+			st.StageSizes[n.Stage] += n.N
+		}
+	}
+	if r.Stage >= 0 {
+		st.StageName = StageName(r, r.Stage)
+	}
+	if cv, err := c.configVersion(ctx, r.ConfigID); err == nil {
+		st.ConfigVersion = cv.Version
+	}
+	return st, nil
+}
+
 func (c *Controller) status(ctx context.Context, r *store.Rollout) (*Status, error) {
 	ras, err := c.st.ListRolloutAgents(ctx, r.ID)
 	if err != nil {

@@ -111,6 +111,14 @@ type Configs interface {
 	SetAssignments(ctx context.Context, as []*Assignment) error
 }
 
+// RolloutAgentCount is how many agents of a rollout are in a state at a
+// stage.
+type RolloutAgentCount struct {
+	Stage int
+	State string
+	N     int
+}
+
 // Rollouts stores rollouts and their progress.
 type Rollouts interface {
 	// CreateRollout stores a rollout (RowVersion becomes 1) with its
@@ -121,6 +129,9 @@ type Rollouts interface {
 	ListRollouts(ctx context.Context, f RolloutFilter) ([]*Rollout, error)
 	// ListRolloutAgents lists a rollout's agents by stage, then agent id.
 	ListRolloutAgents(ctx context.Context, rolloutID string) ([]*RolloutAgent, error)
+	// CountRolloutAgents counts a rollout's agents by stage and state,
+	// ordered by stage then state (progress without listing them all).
+	CountRolloutAgents(ctx context.Context, rolloutID string) ([]RolloutAgentCount, error)
 	// ApplyRolloutChange writes ch in one transaction. The rollout row is
 	// written only at its current RowVersion (ErrConflict otherwise, and
 	// nothing is written); on success ch.Rollout.RowVersion is the new one.

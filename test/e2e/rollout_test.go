@@ -179,6 +179,13 @@ func TestRolloutEndToEnd(t *testing.T) {
 	if st.Targets != 3 || !cmpInts(st.StageSizes, []int{1, 2}) {
 		t.Errorf("v1 targets %d stages %v, want 3 in [1 2]", st.Targets, st.StageSizes)
 	}
+	// The progress a poller asks for (?agents=false) is counted in the
+	// store and says the same, without the agents.
+	if sum, err := f.Client().RolloutProgress(t.Context(), v1); err != nil {
+		t.Error(err)
+	} else if sum.Targets != st.Targets || !cmpInts(sum.StageSizes, st.StageSizes) || fmt.Sprint(sum.Counts) != fmt.Sprint(st.Counts) || len(sum.Agents) != 0 || sum.Status != st.Status {
+		t.Errorf("progress %+v, want the counts of %+v without agents", sum, st)
+	}
 	v1Hash := st.ConfigHash
 	for _, a := range waitConfig(t, f, project, "systemd", v1Hash, 3, 20*time.Second) {
 		if !strings.Contains(a.EffectiveConfig, "frequency_hz: 49") || !strings.Contains(a.EffectiveConfig, "duration: 5s") {

@@ -290,6 +290,23 @@ func (s *Store) ListRollouts(ctx context.Context, f store.RolloutFilter) ([]*sto
 	return out, rows.Err()
 }
 
+func (s *Store) CountRolloutAgents(ctx context.Context, rolloutID string) ([]store.RolloutAgentCount, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT stage, state, COUNT(*) FROM rollout_agents WHERE rollout_id = ? GROUP BY stage, state ORDER BY stage, state`, rolloutID)
+	if err != nil {
+		return nil, fmt.Errorf("count rollout agents: %w", full(err))
+	}
+	defer rows.Close()
+	var out []store.RolloutAgentCount
+	for rows.Next() {
+		var c store.RolloutAgentCount
+		if err := rows.Scan(&c.Stage, &c.State, &c.N); err != nil {
+			return nil, fmt.Errorf("count rollout agents: %w", full(err))
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*store.RolloutAgent, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, agent_id, stage, previous_config_id, state, error, updated_at
 		FROM rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)

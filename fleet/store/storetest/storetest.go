@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Audit", testAudit},
 		{"ConfigVersions", testConfigVersions},
 		{"Rollouts", testRollouts},
+		{"RolloutCounts", testRolloutCounts},
 		{"Users", testUsers},
 		{"Releases", testReleases},
 	} {
@@ -463,6 +464,24 @@ func testConfigVersions(t *testing.T, s store.Store) {
 	must(t, err)
 	if diff := cmp.Diff([]*store.Assignment{asg[0], moved}, all); diff != "" {
 		t.Errorf("ListAssignments (-want +got):\n%s", diff)
+	}
+}
+
+// testRolloutCounts: progress counted in the store, per stage and state.
+func testRolloutCounts(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	cv := &store.ConfigVersion{ID: "caa", ProjectID: "p", Hash: "aa", YAML: "x", CreatedAt: Now}
+	must(t, s.CreateConfigVersion(ctx, cv))
+	must(t, s.CreateRollout(ctx, Rollout("r9", "p", cv), []*store.RolloutAgent{
+		{RolloutID: "r9", AgentID: "a2", Stage: 1, State: "waiting", UpdatedAt: Now},
+		{RolloutID: "r9", AgentID: "a1", Stage: 0, State: "waiting", UpdatedAt: Now},
+		{RolloutID: "r9", AgentID: "a3", Stage: 1, State: "skipped", UpdatedAt: Now},
+		{RolloutID: "r9", AgentID: "a4", Stage: 1, State: "waiting", UpdatedAt: Now},
+	}))
+	counts, err := s.CountRolloutAgents(ctx, "r9")
+	must(t, err)
+	if diff := cmp.Diff([]store.RolloutAgentCount{{Stage: 0, State: "waiting", N: 1}, {Stage: 1, State: "skipped", N: 1}, {Stage: 1, State: "waiting", N: 2}}, counts); diff != "" {
+		t.Errorf("CountRolloutAgents (-want +got):\n%s", diff)
 	}
 }
 

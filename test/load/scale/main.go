@@ -311,7 +311,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		return nil, fmt.Errorf("apply config: %w", err)
 	}
 	for {
-		st, err := cl.Rollout(ctx, res.Rollout.ID)
+		st, err := cl.RolloutProgress(ctx, res.Rollout.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -325,7 +325,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		if time.Since(t0) > 10*time.Minute {
 			return nil, fmt.Errorf("rollout not completed after 10 minutes")
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	<-profiled
