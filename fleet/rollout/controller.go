@@ -625,8 +625,23 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	*r = next
 	apply(ras, ch.Agents)
 	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
+	// The push of each agent judges it by its brief record (connected,
+	// config state, labels): read them in one listing, not one full read
+	// per agent.
+	briefs := map[string]*store.Agent{}
+	if len(push) > 1 {
+		want := make(map[string]bool, len(push))
+		for _, id := range push {
+			want[id] = true
+		}
+		if list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return want[a.ID] }}); err == nil {
+			for _, a := range list {
+				briefs[a.ID] = a
+			}
+		}
+	}
 	for _, id := range push {
-		c.enqueue(id, nil)
+		c.enqueue(id, briefs[id])
 	}
 	return nil
 }
