@@ -77,11 +77,16 @@ func openReplica(ctx context.Context, o Options, log *zap.Logger, reg prometheus
 		if err != nil {
 			return nil, err
 		}
-		// No agent is connected to a process that just started.
-		if err := st.MarkAllDisconnected(ctx); err != nil {
-			st.Close()
-			return nil, err
-		}
+		// No agent is connected to a process that just started. Marked
+		// in the background, so that a restart of a full fleet listens at
+		// once; agents that reconnect meanwhile are written after start
+		// and left alone.
+		start := time.Now()
+		go func() {
+			if err := st.MarkAllDisconnected(ctx, start); err != nil && ctx.Err() == nil {
+				log.Error("mark agents disconnected at start", zap.Error(err))
+			}
+		}()
 		r.st = st
 		r.bus = &store.LocalBus{}
 	case StorePostgres:

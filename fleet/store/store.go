@@ -149,9 +149,11 @@ type Agents interface {
 	UpsertAgent(ctx context.Context, a *Agent) error
 	AgentByID(ctx context.Context, id string) (*Agent, error)
 	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
-	// MarkAllDisconnected is called at start: no agent is connected to a
-	// process that just started.
-	MarkAllDisconnected(ctx context.Context) error
+	// MarkAllDisconnected clears Connected on the agents whose record
+	// was last written before before. A process that just started at
+	// before holds no agent; running it concurrently with reconnecting
+	// agents is safe, as their records are written after before.
+	MarkAllDisconnected(ctx context.Context, before time.Time) error
 }
 
 // Audit stores the audit log.

@@ -521,8 +521,8 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	return out, rows.Err()
 }
 
-func (s *Store) MarkAllDisconnected(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = jsonb_set(doc, '{connected}', 'false'::jsonb), row_version = row_version + 1 WHERE doc->'connected' = 'true'::jsonb`)
+func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = jsonb_set(doc, '{connected}', 'false'::jsonb), row_version = row_version + 1 WHERE doc->'connected' = 'true'::jsonb AND updated_at < ?`, ms(before))
 	if err != nil {
 		return fmt.Errorf("mark agents disconnected: %w", err)
 	}

@@ -490,8 +490,8 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	return out, rows.Err()
 }
 
-func (s *Store) MarkAllDisconnected(ctx context.Context) error {
-	_, err := s.w.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1`)
+func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
+	_, err := s.w.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1 AND updated_at < ?`, ms(before))
 	if err != nil {
 		return fmt.Errorf("mark agents disconnected: %w", full(err))
 	}

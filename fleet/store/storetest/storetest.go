@@ -284,8 +284,16 @@ func testAgents(t *testing.T, s store.Store) {
 	}
 
 	// MarkAllDisconnected clears Connected and bumps the version of the
-	// agents it changed; the rest of the record stays.
-	must(t, s.MarkAllDisconnected(ctx))
+	// agents it changed (written before the time given); the rest of the
+	// record stays.
+	before := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	late := Agent("a4", "p3")
+	must(t, s.UpsertAgent(ctx, late))
+	must(t, s.MarkAllDisconnected(ctx, before))
+	if got, _ := s.AgentByID(ctx, "a4"); !got.Connected || got.RowVersion != 1 {
+		t.Errorf("an agent written after the start was marked disconnected (version %d)", got.RowVersion)
+	}
 	for _, id := range []string{"a1", "a2", "a3"} {
 		got, err := s.AgentByID(ctx, id)
 		must(t, err)
