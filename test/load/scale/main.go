@@ -169,7 +169,6 @@ func (f *fleet) start() error {
 
 func (f *fleet) kill() { _ = f.cmd.Process.Kill(); _ = f.cmd.Wait() }
 
-
 // result is what one run measures of a server.
 type result struct {
 	enroll          time.Duration
@@ -336,6 +335,13 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		return nil, err
 	}
 	r.ready = time.Since(killedAt)
+	stormProfiled := make(chan struct{})
+	if profileStorm != "" {
+		go func() { defer close(stormProfiled); fetchProfile(f.url, profileStorm, profileSeconds) }()
+	} else {
+		close(stormProfiled)
+	}
+	defer func() { <-stormProfiled }()
 	if _, err := waitConnected(func() float64 { return metric(f.url, "fleetprof_opamp_connected_agents") }, n, 10*time.Minute); err != nil {
 		return nil, fmt.Errorf("reconnect storm: %w", err)
 	}
@@ -479,6 +485,7 @@ func run() error {
 	withBare := flag.Bool("baseline", true, "also measure the bare opamp-go baseline in the same run")
 	flag.StringVar(&profilePush, "profile-push", "", "write a CPU profile of the fleet during the config push to this file")
 	flag.IntVar(&profileSeconds, "profile-seconds", 5, "length of the push profile")
+	flag.StringVar(&profileStorm, "profile-storm", "", "write a CPU profile of the restarted fleet during the reconnect storm to this file")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
@@ -541,8 +548,8 @@ func run() error {
 // profilePush, when set, is where a CPU profile of the fleet during the
 // config push is written (-profile-push).
 var (
-	profilePush, profileIdle string
-	profileSeconds           int
+	profilePush, profileIdle, profileStorm string
+	profileSeconds                         int
 )
 
 func fetchProfile(url, path string, seconds int) {
