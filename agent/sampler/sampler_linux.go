@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -133,6 +134,11 @@ func (s *Sampler) load(opts Options) error {
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
 		return loadError(err)
 	}
+	// CO-RE relocation decoded part of the kernel's BTF (several MiB of
+	// heap and touched pages of the mmapped vmlinux BTF); it is garbage
+	// now. Give it back to the OS at once instead of carrying it as RSS
+	// until the scavenger gets to it.
+	debug.FreeOSMemory()
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: s.objs.OnExec})
 	if err != nil {
 		s.objs.Close()
