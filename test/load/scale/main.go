@@ -285,7 +285,11 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	}
 	r.enroll = time.Since(start)
 	if profileIdle != "" {
-		go fetchProfile(f.url, profileIdle, int(idle.Seconds()/2))
+		// The same window as the CPU figure: the second half.
+		go func() {
+			time.Sleep(idle / 2)
+			fetchProfile(f.url, profileIdle, int(idle.Seconds()/2))
+		}()
 	}
 	r.idleCPU, r.rss = measureIdle(f.cmd.Process.Pid, idle, func() { _, _ = http.Get(f.url + "/debug/pprof/heap?gc=1") })
 	r.rssPer = float64(r.rss-r.rss0) / float64(n)
