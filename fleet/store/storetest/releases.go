@@ -12,7 +12,7 @@ import (
 func testReleases(t *testing.T, s store.Store) {
 	rs, ok := s.(store.Releases)
 	if !ok {
-		t.Skip("store does not implement store.Releases")
+		t.Fatalf("%T does not implement store.Releases: every fleet store must (releases are fleet state)", s)
 	}
 	ctx := t.Context()
 	r1 := &store.Release{Version: "v1.0.0", SHA256: "aa", Signature: []byte{1, 2}, Size: 10, Platform: "linux/amd64", CreatedAt: Now}

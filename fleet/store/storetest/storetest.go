@@ -606,7 +606,7 @@ func testRollouts(t *testing.T, s store.Store) {
 func testUsers(t *testing.T, s store.Store) {
 	us, ok := s.(store.Users)
 	if !ok {
-		t.Skip("store does not implement store.Users")
+		t.Fatalf("%T does not implement store.Users: every fleet store must (console users are fleet state)", s)
 	}
 	ctx := t.Context()
 	org := &store.Org{ID: "o1", Name: "acme", CreatedAt: Now}
