@@ -38,6 +38,7 @@ type agentResult struct {
 
 type agentWriter struct {
 	db   *sql.DB
+	upd  *sql.Stmt // updateAgentSQL, prepared once on the writer's connection
 	reqs chan *agentWrite
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -85,6 +86,9 @@ func (w *agentWriter) close() {
 	w.mu.Unlock()
 	close(w.stop)
 	w.wg.Wait()
+	if w.upd != nil {
+		w.upd.Close()
+	}
 }
 
 func (w *agentWriter) run() {
@@ -143,15 +147,21 @@ func (w *agentWriter) commit(batch []*agentWrite) {
 }
 
 func (w *agentWriter) tx(ctx context.Context, batch []*agentWrite) ([]int64, error) {
+	// Prepared before the transaction: the writer has one connection,
+	// which the transaction then holds.
+	if w.upd == nil {
+		upd, err := w.db.PrepareContext(ctx, updateAgentSQL)
+		if err != nil {
+			return nil, fmt.Errorf("prepare agent update: %w", full(err))
+		}
+		w.upd = upd
+	}
 	tx, err := w.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin agent updates: %w", full(err))
 	}
 	defer tx.Rollback()
-	st, err := tx.PrepareContext(ctx, updateAgentSQL)
-	if err != nil {
-		return nil, fmt.Errorf("prepare agent update: %w", full(err))
-	}
+	st := tx.StmtContext(ctx, w.upd)
 	defer st.Close()
 	ns := make([]int64, len(batch))
 	for i, r := range batch {
