@@ -433,8 +433,10 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 	if len(msg.InstanceUid) != 16 {
 		return c.fail(fmt.Sprintf("instance_uid must be 16 bytes, got %d", len(msg.InstanceUid)))
 	}
-	id := hex.EncodeToString(msg.InstanceUid)
+	var hexUID [32]byte // no allocation per message once the agent is known
+	hex.Encode(hexUID[:], msg.InstanceUid)
 	if c.agentID == "" {
+		id := string(hexUID[:])
 		if c.claims.Kind() == token.KindAgent && c.claims.Subject != id {
 			return c.fail("credential belongs to another agent")
 		}
@@ -442,9 +444,10 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 		if c.ws {
 			c.register()
 		}
-	} else if c.agentID != id {
+	} else if c.agentID != string(hexUID[:]) {
 		return c.fail("instance_uid changed within a connection")
 	}
+	id := c.agentID
 	resp := &protobufs.ServerToAgent{InstanceUid: msg.InstanceUid, Capabilities: serverCaps}
 	// Sequence gaps mean we missed state: ask for all of it.
 	if (c.haveSeq && msg.SequenceNum != c.lastSeq+1) || (!c.haveSeq && msg.AgentDescription == nil) {
