@@ -55,6 +55,8 @@ func main() {
 	report := flag.Bool("report", false, "print the markdown section from the idle start-up seconds and result JSON files (arguments)")
 	gcPercent := flag.Int("gc-percent", 50, "Go GC target, as the agent's --gc-percent default (50)")
 	startupOnly := flag.Bool("startup", false, "only start up (builder, kernel symbols, BPF load and attach), print the seconds it took and exit")
+	countEntries := flag.Int("count-entries", 0, "count map size (0: the sampler's default)")
+	stackEntries := flag.Int("stack-entries", 0, "stack map sizes (0: the sampler's default)")
 	flag.Parse()
 	if *report {
 		if err := printReport(flag.Arg(0), flag.Args()[1:]); err != nil {
@@ -83,14 +85,15 @@ func main() {
 	if *startupOnly {
 		*dur = 0
 	}
-	if err := run(*hz, *window, *dur); err != nil {
+	if err := run(sampler.Options{FrequencyHz: *hz, Window: *window, CountEntries: *countEntries, StackEntries: *stackEntries}, *dur); err != nil {
 		fmt.Fprintln(os.Stderr, "bench sampler:", err)
 		os.Exit(1) //nolint:gocritic // profiles are best effort
 
 	}
 }
 
-func run(hz int, window, dur time.Duration) error {
+func run(opts sampler.Options, dur time.Duration) error {
+	hz := opts.FrequencyHz
 	started, err := processStart()
 	if err != nil {
 		return err
@@ -101,7 +104,8 @@ func run(hz int, window, dur time.Duration) error {
 		return err
 	}
 	defer b.Close()
-	s, err := sampler.New(sampler.Options{FrequencyHz: hz, Window: window, OnNewPID: b.Observe})
+	opts.OnNewPID = b.Observe
+	s, err := sampler.New(opts)
 	if err != nil {
 		return err
 	}
