@@ -1,135 +1,438 @@
 package opamp
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"sync"
-	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
-// poller waits for readable WebSockets in one epoll set. Sockets are armed
-// one-shot: an event runs one goroutine for that socket (wsConn.serve),
-// which re-arms it when done, so a connection is never read by two
-// goroutines and an idle one costs no goroutine. The same descriptors are
-// also in the Go runtime's own poller, which the reads and writes of
-// net.Conn go through as usual; this set only says when to start reading.
+// poller waits for readable WebSockets in one epoll set and reads them.
+//
+// A plain-TCP WebSocket leaves the Go runtime's poller after the
+// handshake (detach): its duplicated descriptor, non-blocking, is only in
+// this set, so a heartbeat wakes the process once. The set itself is
+// waited on through the runtime's poller (an epoll descriptor is
+// pollable), so the poller goroutine is parked like any other, not a
+// thread blocked in epoll_wait. Sockets are armed one-shot: the poller
+// reads a ready socket with its one buffer until it would block, and only
+// the goroutine that acts on what was read re-arms it, so a connection
+// is never read by two goroutines at once and an idle one costs no
+// goroutine and no buffer. After a round of events the poller waits a
+// moment (gather) so that the next round serves several agents: an idle
+// fleet's heartbeats arrive one at a time, and each wake-up costs more
+// than the read it serves.
 type poller struct {
-	log     *zap.Logger
-	epfd    int // -1: epoll unavailable, one goroutine per connection instead
+	log  *zap.Logger
+	epfd int             // -1: epoll unavailable, one goroutine per connection instead
+	ep   *os.File        // epfd, waited on through the runtime's poller
+	rc   syscall.RawConn // of ep
+
 	mu      sync.Mutex
 	conns   map[uint64]*wsConn
+	partial map[*wsConn]time.Time // connections holding part of a frame, since
 	next    uint64
-	stopped atomic.Bool
+	stopped bool
 	done    chan struct{}
 }
 
-const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+const (
+	pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+	// maxEvents is the most events one round serves.
+	maxEvents = 256
+	// gather is the pause after a round that was not full.
+	gather = 10 * time.Millisecond
+	// readsPerEvent bounds the reads of one socket in one round, so one
+	// busy agent cannot starve the others.
+	readsPerEvent = 16
+)
 
 func newPoller(log *zap.Logger) *poller {
-	p := &poller{log: log, conns: map[uint64]*wsConn{}, done: make(chan struct{})}
+	p := &poller{log: log, epfd: -1, conns: map[uint64]*wsConn{}, partial: map[*wsConn]time.Time{}, done: make(chan struct{})}
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err == nil {
+		if err = unix.SetNonblock(fd, true); err != nil {
+			_ = unix.Close(fd)
+		}
+	}
 	if err != nil {
 		log.Warn("epoll unavailable: one goroutine per WebSocket", zap.Error(err))
-		p.epfd = -1
 		close(p.done)
 		return p
 	}
 	p.epfd = fd
+	p.ep = os.NewFile(uintptr(fd), "websocket-epoll")
+	if p.rc, err = p.ep.SyscallConn(); err != nil {
+		log.Warn("epoll unavailable: one goroutine per WebSocket", zap.Error(err))
+		_ = p.ep.Close()
+		p.epfd = -1
+		close(p.done)
+		return p
+	}
 	go p.run()
 	return p
+}
+
+// detach takes a plain socket out of the Go runtime: it returns a
+// non-blocking duplicate of nc's descriptor and closes nc (the runtime
+// forgets its own descriptor; the socket stays open through the
+// duplicate). keepIdle, if longer than the current TCP keep-alive idle
+// time, replaces it: the agent's heartbeats prove it alive more often
+// than probes would. ok is false when nc stays as it is (TLS, no epoll).
+func (p *poller) detach(nc net.Conn, keepIdle time.Duration) (fd int, ok bool) {
+	sc, isSys := nc.(syscall.Conn)
+	if p.epfd < 0 || !isSys {
+		return -1, false
+	}
+	if _, isTCP := nc.(*net.TCPConn); !isTCP {
+		return -1, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd = -1
+	var derr error
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		return -1, false
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return -1, false
+	}
+	if secs := int(keepIdle / time.Second); secs > 0 {
+		if cur, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE); err == nil && cur < secs {
+			_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+		}
+	}
+	_ = nc.Close()
+	return fd, true
 }
 
 // add registers a new connection and arms it (or serves it at once when
 // the handshake already carried data).
 func (p *poller) add(w *wsConn) {
 	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		_ = w.close(true)
+		return
+	}
 	p.next++
 	w.key = p.next
 	p.conns[w.key] = w
 	p.mu.Unlock()
-	if p.epfd < 0 || w.rc == nil {
+	if w.fd < 0 {
 		go w.loop()
 		return
 	}
-	if len(w.prefix) > 0 {
-		go w.serve() // serve registers the socket when it re-arms it
+	if len(w.in) > 0 {
+		go p.first(w)
 		return
 	}
-	if err := p.ctl(w, unix.EPOLL_CTL_ADD); err != nil {
+	if err := p.arm(w); err != nil {
 		p.log.Warn("register websocket", zap.Error(err))
 		_ = w.close(true)
 	}
 }
 
-// arm re-arms a connection after an event was served.
+// first serves the frames that came with the handshake.
+func (p *poller) first(w *wsConn) {
+	items := w.ingest(nil, nil)
+	p.track(w)
+	p.serve(items, w)
+}
+
+// arm (re-)arms a connection's socket; the first time it adds it.
 func (p *poller) arm(w *wsConn) error {
-	if p.epfd < 0 || w.rc == nil {
-		return nil // loop reads again
+	w.fdMu.RLock()
+	defer w.fdMu.RUnlock()
+	if w.fd < 0 || w.closed.Load() {
+		return nil
 	}
-	err := p.ctl(w, unix.EPOLL_CTL_MOD)
+	w.armed.Store(true)
+	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(uint32(w.key)), Pad: int32(uint32(w.key >> 32))}
+	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, w.fd, &ev)
 	if errors.Is(err, unix.ENOENT) {
-		err = p.ctl(w, unix.EPOLL_CTL_ADD) // first arm after serving the handshake's data
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, w.fd, &ev)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
 }
 
 // remove forgets a connection (before its socket is closed).
 func (p *poller) remove(w *wsConn) {
 	p.mu.Lock()
 	delete(p.conns, w.key)
+	delete(p.partial, w)
 	p.mu.Unlock()
-	if p.epfd >= 0 && w.rc != nil {
-		_ = p.ctl(w, unix.EPOLL_CTL_DEL)
-	}
 }
 
-func (p *poller) ctl(w *wsConn, op int) error {
-	var cerr error
-	err := w.rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: pollEvents, Fd: int32(uint32(w.key)), Pad: int32(uint32(w.key >> 32))}
-		cerr = unix.EpollCtl(p.epfd, op, int(fd), &ev)
-	})
-	if err != nil {
-		return fmt.Errorf("websocket descriptor: %w", err)
-	}
-	if cerr != nil {
-		return fmt.Errorf("epoll_ctl: %w", cerr)
+// closeRaw closes a detached descriptor. Closing the last descriptor of
+// the socket takes it out of the epoll set, and an event already taken
+// for it finds no connection under its key.
+func (p *poller) closeRaw(fd int) error {
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("close websocket: %w", err)
 	}
 	return nil
 }
 
-// run dispatches readiness events until stop.
+// shutdownRaw ends both directions of a detached socket; a write blocked
+// in poll returns.
+func shutdownRaw(fd int) { _ = unix.Shutdown(fd, unix.SHUT_RDWR) }
+
+// readRaw reads from a detached socket without blocking.
+func readRaw(w *wsConn, b []byte) (int, error) {
+	w.fdMu.RLock()
+	defer w.fdMu.RUnlock()
+	if w.fd < 0 {
+		return 0, net.ErrClosed
+	}
+	// The socket never blocks: no need to tell the scheduler.
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(w.fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// sendRaw writes all of b to a non-blocking socket. When the socket's
+// buffer is full it waits in poll(2) for room, until the write timeout
+// (or ctx's deadline) passes.
+func sendRaw(ctx context.Context, fd int, b []byte, timeout time.Duration) error {
+	var dl time.Time
+	for len(b) > 0 {
+		n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		switch e {
+		case 0:
+			b = b[n:]
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if dl.IsZero() {
+				dl = writeDeadline(ctx, timeout)
+			}
+			wait := time.Until(dl)
+			if wait <= 0 {
+				return errWriteTimeout
+			}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			if _, err := unix.Poll(fds, int((wait+time.Millisecond-1)/time.Millisecond)); err != nil && !errors.Is(err, unix.EINTR) {
+				return fmt.Errorf("wait for the agent to read: %w", err)
+			}
+		default:
+			return e
+		}
+	}
+	return nil
+}
+
+// track records whether a connection holds part of a frame, for the
+// frame timeout.
+func (p *poller) track(w *wsConn) {
+	pend := w.pending()
+	if pend == w.partial {
+		return
+	}
+	w.partial = pend
+	p.mu.Lock()
+	if pend && !w.closed.Load() { // (close sets closed before remove takes mu)
+		p.partial[w] = time.Now()
+	} else {
+		delete(p.partial, w)
+	}
+	p.mu.Unlock()
+}
+
+// sweep closes the connections that did not complete a frame in
+// frameTimeout; it reports whether any are still waiting.
+func (p *poller) sweep() bool {
+	now := time.Now()
+	var late []*wsConn
+	p.mu.Lock()
+	for w, since := range p.partial {
+		if now.Sub(since) > frameTimeout {
+			late = append(late, w)
+			delete(p.partial, w)
+		}
+	}
+	left := len(p.partial) > 0
+	p.mu.Unlock()
+	for _, w := range late {
+		w.s.log.Debug("websocket frame timed out", zap.Duration("after", frameTimeout))
+		_ = w.close(true)
+	}
+	return left
+}
+
+// wait returns the next round of events, waiting for one.
+func (p *poller) wait(events []unix.EpollEvent) (int, error) {
+	var n int
+	var werr error
+	err := p.rc.Read(func(fd uintptr) bool {
+		for {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			if !errors.Is(werr, unix.EINTR) {
+				return n > 0 || werr != nil
+			}
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, werr
+}
+
+// run serves rounds of events until stop.
 func (p *poller) run() {
 	defer close(p.done)
-	defer unix.Close(p.epfd)
-	events := make([]unix.EpollEvent, 256)
-	for !p.stopped.Load() {
-		n, err := unix.EpollWait(p.epfd, events, 500)
-		if errors.Is(err, unix.EINTR) {
+	events := make([]unix.EpollEvent, maxEvents)
+	scratch := make([]byte, readBufferSize)
+	var targets []*wsConn
+	deadline := false // a read deadline is set on ep (frames are pending)
+	for {
+		p.mu.Lock()
+		partial := len(p.partial) > 0
+		p.mu.Unlock()
+		if partial {
+			_ = p.ep.SetReadDeadline(time.Now().Add(time.Second))
+			deadline = true
+		} else if deadline {
+			_ = p.ep.SetReadDeadline(time.Time{})
+			deadline = false
+		}
+		n, err := p.wait(events)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			p.sweep()
 			continue
 		}
 		if err != nil {
-			p.log.Error("epoll_wait: websockets are no longer read", zap.Error(err))
+			p.mu.Lock()
+			stopped := p.stopped
+			p.mu.Unlock()
+			if !stopped {
+				p.log.Error("epoll_wait: websockets are no longer read", zap.Error(err))
+			}
 			return
 		}
+		targets = targets[:0]
+		p.mu.Lock()
 		for i := range events[:n] {
 			key := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
-			p.mu.Lock()
-			w := p.conns[key]
-			p.mu.Unlock()
-			if w != nil {
-				go w.serve()
+			if w := p.conns[key]; w != nil {
+				targets = append(targets, w)
 			}
 		}
+		partial = len(p.partial) > 0
+		p.mu.Unlock()
+		p.round(targets, scratch)
+		clear(targets)
+		if partial {
+			p.sweep()
+		}
+		if n < len(events) {
+			time.Sleep(gather)
+		}
+	}
+}
+
+// round reads every ready connection and hands what it read to
+// goroutines: the bare heartbeats of all to one, each other connection's
+// to its own.
+func (p *poller) round(targets []*wsConn, scratch []byte) {
+	var work, shared []inbound
+	for _, w := range targets {
+		if !w.armed.Swap(false) {
+			continue // a stale event
+		}
+		start := len(work)
+		work = p.read(w, scratch, work)
+		p.track(w)
+		items := work[start:len(work):len(work)]
+		switch {
+		case len(items) == 0:
+			if err := p.arm(w); err != nil {
+				p.log.Warn("re-arm websocket", zap.Error(err))
+				_ = w.close(true)
+			}
+		case simple(items):
+			shared = append(shared, items...)
+			clear(items)
+			work = work[:start]
+		default:
+			go p.serve(items, w)
+		}
+	}
+	if len(shared) > 0 {
+		go p.serveShared(shared)
+	}
+}
+
+// read reads a ready socket until it would block (or readsPerEvent
+// reads) and parses what came.
+func (p *poller) read(w *wsConn, scratch []byte, out []inbound) []inbound {
+	for range readsPerEvent {
+		n, err := readRaw(w, scratch)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return out
+		case err != nil:
+			return append(out, inbound{w: w, kind: kindEnd, err: err})
+		case n == 0:
+			return append(out, inbound{w: w, kind: kindEnd})
+		}
+		start := len(out)
+		out = w.ingest(scratch[:n], out)
+		if len(out) > start && out[len(out)-1].kind.terminal() {
+			return out
+		}
+		if n < len(scratch) {
+			return out // drained; were more to come, the re-armed socket is ready at once
+		}
+	}
+	return out
+}
+
+// serve acts on what was read from w and re-arms it.
+func (p *poller) serve(items []inbound, w *wsConn) {
+	if !w.run(items) {
+		return
+	}
+	if err := p.arm(w); err != nil {
+		p.log.Warn("re-arm websocket", zap.Error(err))
+		_ = w.close(false)
+	}
+}
+
+// serveShared serves the bare heartbeats of a round, connection by
+// connection.
+func (p *poller) serveShared(items []inbound) {
+	for i := 0; i < len(items); {
+		j := i + 1
+		for j < len(items) && items[j].w == items[i].w {
+			j++
+		}
+		p.serve(items[i:j], items[i].w)
+		i = j
 	}
 }
 
 // stop closes every connection still registered and ends run.
 func (p *poller) stop() {
 	p.mu.Lock()
+	p.stopped = true
 	list := make([]*wsConn, 0, len(p.conns))
 	for _, w := range p.conns {
 		list = append(list, w)
@@ -138,6 +441,9 @@ func (p *poller) stop() {
 	for _, w := range list {
 		_ = w.close(true)
 	}
-	p.stopped.Store(true)
+	// Every socket is closed: no arm uses the set any more.
+	if p.ep != nil {
+		_ = p.ep.Close()
+	}
 	<-p.done
 }

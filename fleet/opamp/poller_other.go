@@ -2,17 +2,35 @@
 
 package opamp
 
-import "go.uber.org/zap"
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+)
 
 // poller without epoll: one goroutine per WebSocket, blocking in reads.
 type poller struct{}
 
 func newPoller(*zap.Logger) *poller { return &poller{} }
 
-func (p *poller) add(w *wsConn) { go w.loop() }
+// detach keeps every connection in the Go runtime.
+func (p *poller) detach(net.Conn, time.Duration) (int, bool) { return -1, false }
 
-func (p *poller) arm(*wsConn) error { return nil }
+func (p *poller) add(w *wsConn) { go w.loop() }
 
 func (p *poller) remove(*wsConn) {}
 
 func (p *poller) stop() {}
+
+// No connection is detached here: the raw operations are never called.
+
+var errNoRawSockets = errors.New("no detached sockets on this system")
+
+func (p *poller) closeRaw(int) error { return errNoRawSockets }
+
+func shutdownRaw(int) {}
+
+func sendRaw(context.Context, int, []byte, time.Duration) error { return errNoRawSockets }
