@@ -47,12 +47,14 @@ type poller struct {
 const (
 	pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
 	// maxEvents is the most events one round serves.
-	maxEvents = 256
-	// gather is the pause after a round that was not full.
-	gather = 10 * time.Millisecond
-	// readsPerEvent bounds the reads of one socket in one round, so one
-	// busy agent cannot starve the others.
-	readsPerEvent = 16
+	maxEvents = 512
+	// gather is the pause after a round that was not full: messages wait
+	// at most this long, and rounds are at most 1/gather a second while
+	// the agents are idle.
+	gather = 20 * time.Millisecond
+	// readsPerEvent bounds the reads of one socket in one round (256 KiB),
+	// so one busy agent cannot starve the others.
+	readsPerEvent = 64
 )
 
 func newPoller(log *zap.Logger) *poller {
@@ -335,12 +337,12 @@ func (p *poller) run() {
 		}
 		partial = len(p.partial) > 0
 		p.mu.Unlock()
-		p.round(targets, scratch)
+		more := p.round(targets, scratch)
 		clear(targets)
 		if partial {
 			p.sweep()
 		}
-		if n < len(events) {
+		if n < len(events) && !more {
 			time.Sleep(gather)
 		}
 	}
@@ -348,15 +350,18 @@ func (p *poller) run() {
 
 // round reads every ready connection and hands what it read to
 // goroutines: the bare heartbeats of all to one, each other connection's
-// to its own.
-func (p *poller) round(targets []*wsConn, scratch []byte) {
+// to its own. more reports that a socket had more to read than one round
+// reads.
+func (p *poller) round(targets []*wsConn, scratch []byte) (more bool) {
 	var work, shared []inbound
 	for _, w := range targets {
 		if !w.armed.Swap(false) {
 			continue // a stale event
 		}
 		start := len(work)
-		work = p.read(w, scratch, work)
+		var full bool
+		work, full = p.read(w, scratch, work)
+		more = more || full
 		p.track(w)
 		items := work[start:len(work):len(work)]
 		switch {
@@ -376,33 +381,34 @@ func (p *poller) round(targets []*wsConn, scratch []byte) {
 	if len(shared) > 0 {
 		go p.serveShared(shared)
 	}
+	return more
 }
 
 // read reads a ready socket until it would block (or readsPerEvent
-// reads) and parses what came.
-func (p *poller) read(w *wsConn, scratch []byte, out []inbound) []inbound {
+// reads: full) and parses what came.
+func (p *poller) read(w *wsConn, scratch []byte, out []inbound) (_ []inbound, full bool) {
 	for range readsPerEvent {
 		n, err := readRaw(w, scratch)
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
-			return out
+			return out, false
 		case err != nil:
-			return append(out, inbound{w: w, kind: kindEnd, err: err})
+			return append(out, inbound{w: w, kind: kindEnd, err: err}), false
 		case n == 0:
-			return append(out, inbound{w: w, kind: kindEnd})
+			return append(out, inbound{w: w, kind: kindEnd}), false
 		}
 		start := len(out)
 		out = w.ingest(scratch[:n], out)
 		if len(out) > start && out[len(out)-1].kind.terminal() {
-			return out
+			return out, false
 		}
 		if n < len(scratch) {
-			return out // drained; were more to come, the re-armed socket is ready at once
+			return out, false // drained; were more to come, the re-armed socket is ready at once
 		}
 	}
-	return out
+	return out, true
 }
 
 // serve acts on what was read from w and re-arms it.

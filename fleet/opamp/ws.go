@@ -41,11 +41,12 @@ import (
 // and the header checks); the message encoding is OpAMP's (a varint header
 // 0, then the protobuf), as in opamp-go.
 
+// frameTimeout bounds the time a client may take to complete a frame (or
+// a fragmented message) it started, so a client that stalls mid-frame
+// cannot hold its partial bytes for ever. (A variable for the tests.)
+var frameTimeout = 30 * time.Second
+
 const (
-	// frameTimeout bounds the time a client may take to complete a frame
-	// (or a fragmented message) it started, so a client that stalls
-	// mid-frame cannot hold its partial bytes for ever.
-	frameTimeout = 30 * time.Second
 	// readBufferSize is the poller's read buffer; an idle heartbeat is
 	// ~100 bytes, larger frames are assembled across reads.
 	readBufferSize = 4096

@@ -1,10 +1,15 @@
 package opamp
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -370,4 +375,344 @@ func FuzzWebSocketFrames(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer c.Close()
+}
+
+// wsConnOf returns the server side of the live WebSocket of an agent.
+func wsConnOf(t *testing.T, f *fixture, agent string) *wsConn {
+	t.Helper()
+	f.srv.mu.Lock()
+	defer f.srv.mu.Unlock()
+	c := f.srv.conns[agent]
+	if c == nil {
+		t.Fatalf("agent %s not connected", agent)
+	}
+	w, ok := c.c.(*wsConn)
+	if !ok {
+		t.Fatalf("connection of %s is a %T", agent, c.c)
+	}
+	return w
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A plain-TCP WebSocket is served from its own descriptor, outside the Go
+// runtime: the connection keeps no net.Conn.
+func TestWebSocketIsDetached(t *testing.T) {
+	f := newFixture(t, Options{})
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("detached"))
+	readMsg(t, c)
+	w := wsConnOf(t, f, uidHex)
+	if w.Connection() != nil || w.fd < 0 {
+		t.Fatalf("connection %v, descriptor %d: want no net.Conn and a descriptor of its own", w.Connection(), w.fd)
+	}
+}
+
+// A frame that arrives in pieces (here byte by byte, the first bytes
+// together with the handshake) is assembled across reads, with a ping in
+// the middle of the message; nothing is answered before it is complete.
+func TestWebSocketFrameInPieces(t *testing.T) {
+	f := newFixture(t, Options{})
+	nc, err := net.Dial("tcp", strings.TrimPrefix(f.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	data := append([]byte{0}, marshal(t, enrollMsg(strings.Repeat("p", 300)))...)
+	half := len(data) / 2
+	var stream []byte
+	stream = append(stream, maskedFrame(false, 0x2, data[:half])...)
+	stream = append(stream, maskedFrame(true, 0x9, []byte("mid"))...)
+	stream = append(stream, maskedFrame(true, 0x0, data[half:])...)
+	req := "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + f.boot + "\r\n\r\n"
+	if _, err := nc.Write(append([]byte(req), stream[:3]...)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 3; i < len(stream); i++ {
+		if i%40 == 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+		if _, err := nc.Write(stream[i : i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v, %v", resp, err)
+	}
+	// The pong comes first, then the answer to the message.
+	op, p := readServerFrame(t, br)
+	if op != 0xa || string(p) != "mid" {
+		t.Fatalf("first frame op %#x %q: want the pong", op, p)
+	}
+	op, p = readServerFrame(t, br)
+	out := &protobufs.ServerToAgent{}
+	if op != 0x2 || len(p) == 0 || proto.Unmarshal(p[1:], out) != nil || out.GetConnectionSettings() == nil {
+		t.Fatalf("second frame op %#x, %d bytes: want the credential offer", op, len(p))
+	}
+	if a, err := f.st.AgentByID(t.Context(), uidHex); err != nil || a.Hostname != strings.Repeat("p", 300) {
+		t.Fatalf("agent %+v, %v", a, err)
+	}
+}
+
+// maskedFrame encodes one client frame.
+func maskedFrame(fin bool, op byte, p []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	out := []byte{b0}
+	switch {
+	case len(p) < 126:
+		out = append(out, 0x80|byte(len(p)))
+	case len(p) < 1<<16:
+		out = append(out, 0x80|126, byte(len(p)>>8), byte(len(p)))
+	default:
+		out = append(out, 0x80|127, 0, 0, 0, 0, byte(len(p)>>24), byte(len(p)>>16), byte(len(p)>>8), byte(len(p)))
+	}
+	mask := []byte{9, 8, 7, 6}
+	out = append(out, mask...)
+	for i := range p {
+		out = append(out, p[i]^mask[i%4])
+	}
+	return out
+}
+
+// readServerFrame reads one unmasked frame the server sent.
+func readServerFrame(t *testing.T, br *bufio.Reader) (byte, []byte) {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(l[0])<<8 | int(l[1])
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(br, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(l[4])<<24 | int(l[5])<<16 | int(l[6])<<8 | int(l[7])
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(br, p); err != nil {
+		t.Fatal(err)
+	}
+	return h[0] & 0x0f, p
+}
+
+// A client that starts a frame and never finishes it is cut off after
+// the frame timeout.
+func TestWebSocketStalledFrameTimesOut(t *testing.T) {
+	old := frameTimeout
+	frameTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { frameTimeout = old })
+	f := newFixture(t, Options{})
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("stalling"))
+	readMsg(t, c)
+	if _, err := c.NetConn().Write(maskedFrame(true, 0x2, make([]byte, 200))[:50]); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := c.ReadMessage(); err == nil {
+		t.Fatal("read a message: want the connection closed")
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("closed after %v: before the frame timeout", d)
+	}
+	waitFor(t, "the agent recorded disconnected", func() bool {
+		a, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && !a.Connected
+	})
+}
+
+// A push to an agent that does not read gives up after the write
+// timeout and closes the connection; pushes to the others go on.
+func TestWebSocketStuckAgentWriteTimesOut(t *testing.T) {
+	f := newFixture(t, Options{WriteTimeout: 300 * time.Millisecond})
+	stuck := dialWS(t, f, f.boot)
+	sendMsg(t, stuck, enrollMsg("stuck"))
+	readMsg(t, stuck)
+	other := dialWS(t, f, f.boot)
+	otherUID := []byte("fedcba9876543210")
+	sendMsg(t, other, &protobufs.AgentToServer{InstanceUid: otherUID, AgentDescription: describe.Encode(describe.Agent{Platform: "systemd"})})
+	readMsg(t, other)
+	big := &protobufs.ServerToAgent{CustomMessage: &protobufs.CustomMessage{Capability: "x", Type: "y", Data: make([]byte, 256<<10)}}
+	var err error
+	start := time.Now()
+	for i := 0; i < 200 && err == nil; i++ {
+		err = f.srv.Send(t.Context(), uidHex, big)
+	}
+	if err == nil {
+		t.Fatal("200 pushes of 256 KiB to an agent that does not read: want a write timeout")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the push gave up after %v", d)
+	}
+	waitFor(t, "the stuck agent disconnected", func() bool { return !f.srv.isLive(uidHex) })
+	if err := f.srv.Send(t.Context(), hexID(otherUID), &protobufs.ServerToAgent{Flags: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if out := readMsg(t, other); out.Flags != 1 {
+		t.Fatalf("push to the other agent: %v", out)
+	}
+}
+
+// Concurrent pushes to one agent while it talks are written whole, one
+// frame after the other.
+func TestWebSocketConcurrentPushes(t *testing.T) {
+	f := newFixture(t, Options{})
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("busy"))
+	readMsg(t, c)
+	const n = 40
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			errs <- f.srv.Send(context.Background(), uidHex, &protobufs.ServerToAgent{Flags: 1, CustomMessage: &protobufs.CustomMessage{Data: make([]byte, 1000*i)}})
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		if out := readMsg(t, c); out.Flags != 1 {
+			t.Fatalf("push: %v", out)
+		}
+	}
+}
+
+// Many connections that end every which way leave no descriptor behind.
+func TestWebSocketsLeakNoDescriptors(t *testing.T) {
+	f := newFixture(t, Options{MaxMessageBytes: 1024})
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	settle := func() {
+		waitFor(t, "no connection left", func() bool {
+			f.srv.poll.mu.Lock()
+			defer f.srv.poll.mu.Unlock()
+			return len(f.srv.poll.conns) == 0
+		})
+	}
+	// Warm up whatever the first connection sets up.
+	w := dialWS(t, f, f.boot)
+	sendMsg(t, w, enrollMsg("warm"))
+	readMsg(t, w)
+	w.Close()
+	settle()
+	http.DefaultClient.CloseIdleConnections()
+	before := count()
+	for i := range 150 {
+		c := dialWS(t, f, f.boot)
+		switch i % 5 {
+		case 0: // the agent hangs up
+		case 1: // the agent says goodbye
+			_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, _, _ = c.ReadMessage()
+		case 2: // a protocol error
+			writeRaw(t, c.NetConn(), true, 0x2, make([]byte, 2000))
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, _, _ = c.ReadMessage()
+		case 3: // the fleet hangs up (a newer connection of the same agent takes over)
+			sendMsg(t, c, enrollMsg("leak"))
+			readMsg(t, c)
+		case 4: // half a frame, then gone
+			_, _ = c.NetConn().Write(maskedFrame(true, 0x2, make([]byte, 100))[:20])
+		}
+		c.Close()
+	}
+	// The last agent's connection is open until the fleet closes it.
+	for _, id := range f.srv.Connected() {
+		f.srv.mu.Lock()
+		cc := f.srv.conns[id]
+		f.srv.mu.Unlock()
+		if cc != nil && cc.c != nil {
+			_ = cc.c.Disconnect()
+		}
+	}
+	settle()
+	http.DefaultClient.CloseIdleConnections()
+	var after int
+	waitFor(t, "descriptors back to where they were", func() bool { after = count(); return after <= before })
+	if after > before {
+		t.Fatalf("%d descriptors after 150 connections, %d before", after, before)
+	}
+}
+
+// TLS WebSockets keep a goroutine each and serve the same protocol.
+func TestWebSocketOverTLS(t *testing.T) {
+	f := newFixture(t, Options{})
+	mux := http.NewServeMux()
+	mux.Handle(Path, f.srv.Handler())
+	hs := httptest.NewUnstartedServer(mux)
+	hs.Config.ConnContext = f.srv.ConnContext
+	hs.StartTLS()
+	t.Cleanup(hs.Close)
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	c, _, err := d.Dial("wss"+strings.TrimPrefix(hs.URL, "https")+Path, http.Header{"Authorization": {"Bearer " + f.boot}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pong := make(chan string, 1)
+	c.SetPongHandler(func(s string) error { pong <- s; return nil })
+	data := append([]byte{0}, marshal(t, enrollMsg("tls"))...)
+	half := len(data) / 2
+	if err := c.WriteMessage(websocket.PingMessage, []byte("tls ping")); err != nil {
+		t.Fatal(err)
+	}
+	nw, err := c.NextWriter(websocket.BinaryMessage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = nw.Write(data[:half])
+	_, _ = nw.Write(data[half:])
+	if err := nw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := readMsg(t, c); out.GetConnectionSettings() == nil {
+		t.Fatalf("reply %v", out)
+	}
+	if s := <-pong; s != "tls ping" {
+		t.Fatalf("pong %q", s)
+	}
+	w := wsConnOf(t, f, uidHex)
+	if _, ok := w.Connection().(*tls.Conn); !ok || w.fd >= 0 {
+		t.Fatalf("connection %T, descriptor %d: want the TLS connection, served by a goroutine", w.Connection(), w.fd)
+	}
+	if err := f.srv.Send(t.Context(), uidHex, &protobufs.ServerToAgent{Flags: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if out := readMsg(t, c); out.Flags != 1 {
+		t.Fatalf("push %v", out)
+	}
 }
