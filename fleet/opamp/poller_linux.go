@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -19,22 +18,20 @@ import (
 //
 // A plain-TCP WebSocket leaves the Go runtime's poller after the
 // handshake (detach): its duplicated descriptor, non-blocking, is only in
-// this set, so a heartbeat wakes the process once. The set itself is
-// waited on through the runtime's poller (an epoll descriptor is
-// pollable), so the poller goroutine is parked like any other, not a
-// thread blocked in epoll_wait. Sockets are armed one-shot: the poller
-// reads a ready socket with its one buffer until it would block, and only
-// the goroutine that acts on what was read re-arms it, so a connection
-// is never read by two goroutines at once and an idle one costs no
-// goroutine and no buffer. After a round of events the poller waits a
-// moment (gather) so that the next round serves several agents: an idle
-// fleet's heartbeats arrive one at a time, and each wake-up costs more
-// than the read it serves.
+// this set, so a heartbeat wakes the process once. One goroutine (run)
+// blocks in epoll_wait on the set. Sockets are armed one-shot: it reads a
+// ready socket with its one buffer until it would block, and only the
+// goroutine that acts on what was read re-arms it, so a connection is
+// never read by two goroutines at once and an idle one costs no goroutine
+// and no buffer. After a round of events run sleeps a moment (gather),
+// and the heartbeats that arrive meanwhile wake nobody: the next round
+// serves them all. An idle fleet's heartbeats come one at a time, and a
+// wake-up costs more than the read it serves.
 type poller struct {
 	log  *zap.Logger
-	epfd int             // -1: epoll unavailable, one goroutine per connection instead
-	ep   *os.File        // epfd, waited on through the runtime's poller
-	rc   syscall.RawConn // of ep
+	epfd int // -1: epoll unavailable, one goroutine per connection instead
+	// wake is an eventfd in the set (under key 0) that stop writes to.
+	wake int
 
 	mu      sync.Mutex
 	conns   map[uint64]*wsConn
@@ -58,24 +55,23 @@ const (
 )
 
 func newPoller(log *zap.Logger) *poller {
-	p := &poller{log: log, epfd: -1, conns: map[uint64]*wsConn{}, partial: map[*wsConn]time.Time{}, done: make(chan struct{})}
+	p := &poller{log: log, epfd: -1, wake: -1, conns: map[uint64]*wsConn{}, partial: map[*wsConn]time.Time{}, done: make(chan struct{})}
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err == nil {
-		if err = unix.SetNonblock(fd, true); err != nil {
-			_ = unix.Close(fd)
-		}
+		p.epfd = fd
+		p.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	}
+	if err == nil {
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.wake, &unix.EpollEvent{Events: unix.EPOLLIN})
 	}
 	if err != nil {
 		log.Warn("epoll unavailable: one goroutine per WebSocket", zap.Error(err))
-		close(p.done)
-		return p
-	}
-	p.epfd = fd
-	p.ep = os.NewFile(uintptr(fd), "websocket-epoll")
-	if p.rc, err = p.ep.SyscallConn(); err != nil {
-		log.Warn("epoll unavailable: one goroutine per WebSocket", zap.Error(err))
-		_ = p.ep.Close()
-		p.epfd = -1
+		for _, fd := range []int{p.epfd, p.wake} {
+			if fd >= 0 {
+				_ = unix.Close(fd)
+			}
+		}
+		p.epfd, p.wake = -1, -1
 		close(p.done)
 		return p
 	}
@@ -277,73 +273,56 @@ func (p *poller) sweep() bool {
 	return left
 }
 
-// wait returns the next round of events, waiting for one.
-func (p *poller) wait(events []unix.EpollEvent) (int, error) {
-	var n int
-	var werr error
-	err := p.rc.Read(func(fd uintptr) bool {
-		for {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			if !errors.Is(werr, unix.EINTR) {
-				return n > 0 || werr != nil
-			}
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	return n, werr
-}
-
-// run serves rounds of events until stop.
+// run serves rounds of events until stop, in a thread of its own that
+// blocks in epoll_wait.
 func (p *poller) run() {
 	defer close(p.done)
+	defer unix.Close(p.epfd)
+	defer unix.Close(p.wake)
 	events := make([]unix.EpollEvent, maxEvents)
 	scratch := make([]byte, readBufferSize)
 	var targets []*wsConn
-	deadline := false // a read deadline is set on ep (frames are pending)
 	for {
 		p.mu.Lock()
-		partial := len(p.partial) > 0
-		p.mu.Unlock()
-		if partial {
-			_ = p.ep.SetReadDeadline(time.Now().Add(time.Second))
-			deadline = true
-		} else if deadline {
-			_ = p.ep.SetReadDeadline(time.Time{})
-			deadline = false
+		timeout := -1
+		if len(p.partial) > 0 {
+			timeout = 1000 // to time out frames
 		}
-		n, err := p.wait(events)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			p.sweep()
+		p.mu.Unlock()
+		n, err := unix.EpollWait(p.epfd, events, timeout)
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			p.mu.Lock()
-			stopped := p.stopped
-			p.mu.Unlock()
-			if !stopped {
-				p.log.Error("epoll_wait: websockets are no longer read", zap.Error(err))
-			}
+			p.log.Error("epoll_wait: websockets are no longer read", zap.Error(err))
 			return
 		}
 		targets = targets[:0]
+		stop := false
 		p.mu.Lock()
 		for i := range events[:n] {
 			key := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
-			if w := p.conns[key]; w != nil {
+			if key == 0 {
+				stop = true
+			} else if w := p.conns[key]; w != nil {
 				targets = append(targets, w)
 			}
 		}
-		partial = len(p.partial) > 0
+		partial := len(p.partial) > 0
 		p.mu.Unlock()
+		if stop {
+			return
+		}
 		more := p.round(targets, scratch)
 		clear(targets)
 		if partial {
 			p.sweep()
 		}
-		if n < len(events) && !more {
-			time.Sleep(gather)
+		if n > 0 && n < len(events) && !more {
+			// Let the next events gather while this thread sleeps:
+			// they wake nobody (no one waits on the set).
+			ts := unix.NsecToTimespec(int64(gather))
+			_ = unix.Nanosleep(&ts, nil)
 		}
 	}
 }
@@ -438,6 +417,11 @@ func (p *poller) serveShared(items []inbound) {
 // stop closes every connection still registered and ends run.
 func (p *poller) stop() {
 	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		<-p.done
+		return
+	}
 	p.stopped = true
 	list := make([]*wsConn, 0, len(p.conns))
 	for _, w := range p.conns {
@@ -447,9 +431,11 @@ func (p *poller) stop() {
 	for _, w := range list {
 		_ = w.close(true)
 	}
-	// Every socket is closed: no arm uses the set any more.
-	if p.ep != nil {
-		_ = p.ep.Close()
+	// Every socket is closed: no arm uses the set any more; run closes
+	// it.
+	if p.wake >= 0 {
+		one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
+		_, _ = unix.Write(p.wake, one)
 	}
 	<-p.done
 }
