@@ -342,7 +342,9 @@ func (p *poller) round(targets []*wsConn, scratch []byte) (more bool) {
 		work, full = p.read(w, scratch, work)
 		more = more || full
 		p.track(w)
-		items := work[start:len(work):len(work)]
+		// Most messages of an idle fleet are taken here, in this
+		// goroutine: waking another for them would cost more.
+		items := quick(work[start:len(work):len(work)])
 		switch {
 		case len(items) == 0:
 			if err := p.arm(w); err != nil {
@@ -351,7 +353,7 @@ func (p *poller) round(targets []*wsConn, scratch []byte) (more bool) {
 			}
 		case simple(items):
 			shared = append(shared, items...)
-			clear(items)
+			clear(work[start:])
 			work = work[:start]
 		default:
 			go p.serve(items, w)

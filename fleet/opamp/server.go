@@ -292,9 +292,15 @@ func (s *Server) refuse(code int, hdr map[string]string) types.ConnectionRespons
 }
 
 func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
+	resp, _ := s.accept(r)
+	return resp
+}
+
+// accept decides on a connection; c is its state when accepted.
+func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 	if n := s.pending.Add(1); n > int64(s.o.MaxPendingHandshakes) {
 		s.pending.Add(-1)
-		return s.refuse(http.StatusTooManyRequests, retryAfter(1))
+		return s.refuse(http.StatusTooManyRequests, retryAfter(1)), nil
 	}
 	defer s.pending.Add(-1)
 	ws := r.Header.Get("Content-Type") != "application/x-protobuf"
@@ -302,15 +308,15 @@ func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
 	full, closed := len(s.conns) >= s.o.MaxConnections, s.closed
 	s.mu.Unlock()
 	if closed {
-		return s.refuse(http.StatusServiceUnavailable, retryAfter(5))
+		return s.refuse(http.StatusServiceUnavailable, retryAfter(5)), nil
 	}
 	if ws && full {
-		return s.refuse(http.StatusServiceUnavailable, retryAfter(15))
+		return s.refuse(http.StatusServiceUnavailable, retryAfter(15)), nil
 	}
 	raw, ok := auth.Bearer(r.Header.Get("Authorization"))
 	if !ok {
 		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.String("reason", "no bearer token"))
-		return s.refuse(http.StatusUnauthorized, nil)
+		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
 	claims, err := s.o.Auth.Verify(r.Context(), raw)
 	if err == nil {
@@ -322,9 +328,9 @@ func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
 	}
 	if err != nil {
 		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
-		return s.refuse(http.StatusUnauthorized, nil)
+		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
-	c := &conn{s: s, claims: claims, ws: ws}
+	c = &conn{s: s, claims: claims, ws: ws}
 	return types.ConnectionResponse{Accept: true, ConnectionCallbacks: types.ConnectionCallbacks{
 		OnConnected:       c.onConnected,
 		OnMessage:         c.onMessage,
@@ -332,7 +338,7 @@ func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
 		OnReadMessageError: func(_ types.Connection, _ int, b []byte, err error) {
 			s.log.Debug("malformed opamp frame", zap.String("agent", c.agentID), zap.Int("bytes", len(b)), zap.Error(err))
 		},
-	}}
+	}}, c
 }
 
 func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
@@ -704,6 +710,25 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		return s.offerCredential(ctx, c.agentID, "rotate", nil)
 	}
 	return nil, nil
+}
+
+// heartbeat takes msg without blocking when onMessage would only count
+// it (a quiet message in sequence on a known agent's connection), and
+// reports whether it did; otherwise msg is for onMessage. The WebSocket
+// poller calls it inline (onMessage's goroutine rules apply).
+func (c *conn) heartbeat(msg *protobufs.AgentToServer) bool {
+	if c.c == nil || c.agentID == "" || len(msg.InstanceUid) != 16 || !c.haveSeq || msg.SequenceNum != c.lastSeq+1 ||
+		c.claims.Kind() != token.KindAgent || !c.quiet(msg, c.s.o.Now()) {
+		return false
+	}
+	var hexUID [32]byte
+	hex.Encode(hexUID[:], msg.InstanceUid)
+	if c.agentID != string(hexUID[:]) {
+		return false
+	}
+	c.s.m.messages.Inc()
+	c.lastSeq = msg.SequenceNum
+	return true
 }
 
 // quiet reports whether msg is a bare heartbeat on a settled connection:

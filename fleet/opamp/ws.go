@@ -69,7 +69,7 @@ func isWebSocket(r *http.Request) bool {
 // serveWS admits (or refuses) an agent's WebSocket handshake and hands the
 // connection to the poller.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	resp := s.onConnecting(r)
+	resp, sc := s.accept(r)
 	if !resp.Accept {
 		for k, v := range resp.HTTPResponseHeader {
 			w.Header().Set(k, v)
@@ -96,7 +96,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		wc.fd, wc.nc = fd, nil
 	}
 	c := resp.ConnectionCallbacks
-	wc.onMessage, wc.onClose = c.OnMessage, c.OnConnectionClose
+	wc.onMessage, wc.onClose, wc.heartbeat = c.OnMessage, c.OnConnectionClose, sc.heartbeat
 	c.OnConnected(r.Context(), wc)
 	s.poll.add(wc)
 }
@@ -118,6 +118,9 @@ type wsConn struct {
 	key       uint64
 	onMessage func(context.Context, types.Connection, *protobufs.AgentToServer) *protobufs.ServerToAgent
 	onClose   func(types.Connection)
+	// heartbeat takes a message that needs no store work and no answer
+	// without blocking (conn.heartbeat); false: it is for onMessage.
+	heartbeat func(*protobufs.AgentToServer) bool
 
 	// armed is set before the socket is armed in the epoll set and taken
 	// by the poller's event: it passes the read side below from the
@@ -131,6 +134,7 @@ type wsConn struct {
 	fragging  bool
 	fragOp    ws.OpCode
 	partial   bool // in or frag holds data: the poller times it out
+	ended     bool // a close frame or a protocol error was read
 	sentFirst bool
 
 	wmu    sync.Mutex // serializes writes
@@ -301,6 +305,9 @@ func (k inboundKind) terminal() bool { return k >= kindClose }
 // do not decode are dropped, as opamp-go does. After a terminal item
 // nothing more is parsed.
 func (w *wsConn) ingest(data []byte, out []inbound) []inbound {
+	if w.ended {
+		return out
+	}
 	buf := data
 	if len(w.in) > 0 {
 		w.in = append(w.in, data...)
@@ -309,7 +316,7 @@ func (w *wsConn) ingest(data []byte, out []inbound) []inbound {
 	for len(buf) > 0 {
 		h, hl, ok, err := parseHeader(buf)
 		if err != nil {
-			return append(out, inbound{w: w, kind: kindClose, code: ws.StatusProtocolError, err: err})
+			return w.end(append(out, inbound{w: w, kind: kindClose, code: ws.StatusProtocolError, err: err}))
 		}
 		if !ok {
 			break
@@ -319,10 +326,10 @@ func (w *wsConn) ingest(data []byte, out []inbound) []inbound {
 			state |= ws.StateFragmented
 		}
 		if err := ws.CheckHeader(h, state); err != nil {
-			return append(out, inbound{w: w, kind: kindClose, code: ws.StatusProtocolError, err: err})
+			return w.end(append(out, inbound{w: w, kind: kindClose, code: ws.StatusProtocolError, err: err}))
 		}
 		if limit := w.s.o.MaxMessageBytes; h.Length > limit || int64(len(w.frag))+h.Length > limit {
-			return append(out, inbound{w: w, kind: kindClose, code: ws.StatusMessageTooBig, err: fmt.Errorf("message larger than %d bytes", limit)})
+			return w.end(append(out, inbound{w: w, kind: kindClose, code: ws.StatusMessageTooBig, err: fmt.Errorf("message larger than %d bytes", limit)}))
 		}
 		if int64(len(buf)-hl) < h.Length {
 			break
@@ -333,7 +340,7 @@ func (w *wsConn) ingest(data []byte, out []inbound) []inbound {
 		var stop bool
 		out, stop = w.frame(h, payload, out)
 		if stop {
-			return out
+			return w.end(out)
 		}
 	}
 	switch {
@@ -350,6 +357,13 @@ func (w *wsConn) ingest(data []byte, out []inbound) []inbound {
 	default:
 		w.in = append([]byte(nil), buf...)
 	}
+	return out
+}
+
+// end drops the read state after a terminal item: nothing after it is
+// parsed.
+func (w *wsConn) end(out []inbound) []inbound {
+	w.in, w.frag, w.fragging, w.ended = nil, nil, false, true
 	return out
 }
 
@@ -486,6 +500,20 @@ func simple(items []inbound) bool {
 		}
 	}
 	return true
+}
+
+// quick takes the leading items that are heartbeats needing nothing but
+// a count, without blocking, and returns the rest.
+func quick(items []inbound) []inbound {
+	for len(items) > 0 {
+		it := &items[0]
+		if it.kind != kindMessage || !it.w.sentFirst || it.w.heartbeat == nil || !bare(it.msg) || !it.w.heartbeat(it.msg) {
+			break
+		}
+		*it = inbound{}
+		items = items[1:]
+	}
+	return items
 }
 
 // bare reports whether a message carries nothing but the agent's

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/gorilla/websocket"
 	"github.com/open-telemetry/opamp-go/protobufs"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fleetprof/fleetprof/internal/describe"
@@ -714,5 +718,116 @@ func TestWebSocketOverTLS(t *testing.T) {
 	}
 	if out := readMsg(t, c); out.Flags != 1 {
 		t.Fatalf("push %v", out)
+	}
+}
+
+// An agent on its own credential: bare heartbeats in sequence are counted
+// and not answered (the poller takes them itself); a gap in the sequence
+// is answered with a request for the full state, and a status change is
+// stored.
+func TestWebSocketHeartbeats(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, Options{Registerer: reg})
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("beating"))
+	out := readMsg(t, c)
+	cred := strings.TrimPrefix(out.GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
+	c.Close()
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg("beating"))
+	readMsg(t, a)
+	messages := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "fleetprof_opamp_messages_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return -1
+	}
+	before := messages()
+	for seq := uint64(1); seq <= 5; seq++ {
+		sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: seq})
+	}
+	waitFor(t, "5 heartbeats counted", func() bool { return messages() == before+5 })
+	_ = a.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, _, err := a.ReadMessage(); err == nil {
+		t.Fatal("a bare heartbeat was answered")
+	}
+	a.Close()
+	b := dialWS(t, f, cred)
+	sendMsg(t, b, enrollMsg("beating"))
+	readMsg(t, b)
+	sendMsg(t, b, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 1})
+	sendMsg(t, b, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
+	if out := readMsg(t, b); out.Flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) == 0 {
+		t.Fatalf("reply to a sequence gap %v: want ReportFullState", out)
+	}
+	sendMsg(t, b, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 8, Health: &protobufs.ComponentHealth{Healthy: true, Status: "fine"}})
+	waitFor(t, "the health stored", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.Health == "fine"
+	})
+}
+
+// However the network cuts the bytes of a stream, the parser yields the
+// same items as from the whole stream, and keeps no bytes between frames.
+func TestIngestAnySplit(t *testing.T) {
+	m1 := append([]byte{0}, marshal(t, enrollMsg(strings.Repeat("a", 200)))...)
+	m2 := append([]byte{0}, marshal(t, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 2})...)
+	var stream []byte
+	stream = append(stream, maskedFrame(true, 0x2, m1)...)
+	stream = append(stream, maskedFrame(true, 0x1, []byte("text is dropped"))...)
+	stream = append(stream, maskedFrame(false, 0x2, m2[:3])...)
+	stream = append(stream, maskedFrame(true, 0x9, []byte("ping"))...)
+	stream = append(stream, maskedFrame(true, 0xa, []byte("pong"))...)
+	stream = append(stream, maskedFrame(true, 0x0, m2[3:])...)
+	stream = append(stream, maskedFrame(true, 0x8, []byte{0x03, 0xe9})...)
+	stream = append(stream, maskedFrame(true, 0x2, m2)...) // after the close: not parsed
+	newConn := func() *wsConn {
+		return &wsConn{s: &Server{o: Options{MaxMessageBytes: 1 << 20}, log: zap.NewNop()}, fd: -1}
+	}
+	summary := func(items []inbound) []string {
+		var out []string
+		for _, it := range items {
+			switch it.kind {
+			case kindMessage:
+				out = append(out, fmt.Sprintf("message %d %v", it.msg.SequenceNum, it.msg.AgentDescription != nil))
+			case kindPing:
+				out = append(out, "ping "+string(it.data))
+			case kindClose:
+				out = append(out, fmt.Sprintf("close %d", it.code))
+			default:
+				out = append(out, fmt.Sprintf("kind %d", it.kind))
+			}
+		}
+		return out
+	}
+	want := []string{"message 0 true", "ping ping", "message 2 false", "close 1001"}
+	if got := summary(newConn().ingest(append([]byte(nil), stream...), nil)); !cmp.Equal(got, want) {
+		t.Fatalf("whole stream: %s", cmp.Diff(want, got))
+	}
+	for cut := 1; cut < len(stream); cut++ {
+		for _, second := range []int{cut, min(cut+7, len(stream))} {
+			w := newConn()
+			var items []inbound
+			items = w.ingest(append([]byte(nil), stream[:cut]...), items)
+			items = w.ingest(append([]byte(nil), stream[cut:second]...), items)
+			items = w.ingest(append([]byte(nil), stream[second:]...), items)
+			if got := summary(items); !cmp.Equal(got, want) {
+				t.Fatalf("cut at %d and %d: %s", cut, second, cmp.Diff(want, got))
+			}
+		}
+	}
+	w := newConn()
+	w.ingest(append([]byte(nil), stream[:len(maskedFrame(true, 0x2, m1))+5]...), nil)
+	if !w.pending() {
+		t.Fatal("part of a frame received: want it pending")
+	}
+	if w2 := newConn(); len(w2.ingest(maskedFrame(true, 0x2, m2), nil)) != 1 || w2.pending() || w2.in != nil {
+		t.Fatal("a whole frame left bytes behind")
 	}
 }
