@@ -39,7 +39,7 @@ func TestGeneratedUpToDate(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cmd := exec.CommandContext(t.Context(), "go", "tool", "bpf2go", "-go-package", "bpf", "-tags", "linux", "-target", "amd64,arm64",
-		"-type", "stack_key", "-type", "user_stack", "-output-dir", dir, "Profile", "profile.c", "--", "-I./headers")
+		"-type", "stack_key", "-type", "count_val", "-type", "user_stack", "-output-dir", dir, "Profile", "profile.c", "--", "-I./headers")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("bpf2go: %v\n%s", err, out)
 	}

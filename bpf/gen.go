@@ -1,3 +1,3 @@
 package bpf
 
-//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type stack_key -type user_stack Profile profile.c -- -I./headers
+//go:generate go tool bpf2go -tags linux -target amd64,arm64 -type stack_key -type count_val -type user_stack Profile profile.c -- -I./headers

@@ -4,7 +4,8 @@
 /* fleetprof CPU sampler.
  *
  * A perf_event program runs on every CPU at the sampling frequency. It
- * counts samples keyed by {pid, tid, user stack hash, kernel stack id, comm}
+ * counts samples keyed by {pid, tid, user stack hash, kernel stack id}
+ * (the thread's name is stored with the count when the key is first seen)
  * in one of two slots (counts0/ustacks0/stacks0 or counts1/ustacks1/stacks1);
  * user space flips the active slot at each window boundary and drains the
  * idle one, so no sample of the window in progress is lost or mixed with
@@ -68,6 +69,14 @@ struct stack_key {
 	__u64 user_stack;      /* key in ustacksN; 0: no user stack */
 	__s32 kernel_stack_id; /* key in stacksN; negative: none */
 	__u32 pad;             /* explicit, always 0 */
+};
+
+/* The value of a key: its count, and the thread's name when the key was
+ * first counted in the window. Keeping the name out of the key spares
+ * every sample reading it (and hashing and comparing 16 more bytes); only
+ * a new key reads it. */
+struct count_val {
+	__u64 count;
 	char comm[16];
 };
 
@@ -96,7 +105,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct stack_key);
-	__type(value, __u64);
+	__type(value, struct count_val);
 } counts0 SEC(".maps"), counts1 SEC(".maps");
 
 struct {
@@ -255,11 +264,13 @@ static __always_inline __u64 walk_user(struct user_regs *r, struct user_stack *s
 }
 
 /* store_user puts the walked stack into ustacks under hash unless it is
- * there already, and returns hash, or 0 when the stack is lost (counted). */
+ * there already (a 64-bit hash: same hash, same stack), and returns hash,
+ * or 0 when the stack is lost (counted). It is called for a key new in the
+ * window, whose stack is most often new too (the leaf is the exact
+ * instruction), so it inserts without looking up first: an existing stack
+ * costs the same lookup inside the update. */
 static __always_inline __u64 store_user(void *ustacks, __u64 hash, struct user_stack *st)
 {
-	if (bpf_map_lookup_elem(ustacks, &hash))
-		return hash; /* a 64-bit hash: same hash, same stack */
 	long err = bpf_map_update_elem(ustacks, &hash, st, BPF_NOEXIST);
 	if (err == 0 || err == -EEXIST)
 		return hash; /* EEXIST: another CPU stored it meanwhile */
@@ -276,19 +287,20 @@ static __always_inline __u64 store_user(void *ustacks, __u64 hash, struct user_s
  * stack. */
 static __always_inline bool count(void *counts, void *ustacks, struct stack_key *key, struct user_stack *st)
 {
-	__u64 *v = bpf_map_lookup_elem(counts, key);
+	struct count_val *v = bpf_map_lookup_elem(counts, key);
 	if (v) {
-		__sync_fetch_and_add(v, 1);
+		__sync_fetch_and_add(&v->count, 1);
 		return false;
 	}
 	if (key->user_stack && st)
 		key->user_stack = store_user(ustacks, key->user_stack, st);
-	__u64 one = 1;
+	struct count_val one = {.count = 1};
+	bpf_get_current_comm(&one.comm, sizeof(one.comm));
 	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		v = bpf_map_lookup_elem(counts, key);
 		if (v)
-			__sync_fetch_and_add(v, 1);
+			__sync_fetch_and_add(&v->count, 1);
 		return false;
 	} else if (err) {
 		stat_inc(STAT_DROPPED_FULL);
@@ -309,7 +321,6 @@ int sample(struct bpf_perf_event_data *ctx)
 	key.pid = pid;
 	key.tid = (__u32)id;
 	key.kernel_stack_id = -1;
-	bpf_get_current_comm(&key.comm, sizeof(key.comm));
 
 	__u32 zero = 0;
 	__u32 *slot = bpf_map_lookup_elem(&active_slot, &zero);

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ProfileCountVal struct {
+	_     structs.HostLayout
+	Count uint64
+	Comm  [16]int8
+}
+
 type ProfileStackKey struct {
 	_             structs.HostLayout
 	Pid           uint32
@@ -20,7 +26,6 @@ type ProfileStackKey struct {
 	UserStack     uint64
 	KernelStackId int32
 	Pad           uint32
-	Comm          [16]int8
 }
 
 type ProfileUserStack struct {

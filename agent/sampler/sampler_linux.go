@@ -62,7 +62,7 @@ type Sampler struct {
 	slot      uint32
 	lastStats [statMax]uint64
 	keys      []bpf.ProfileStackKey
-	vals      []uint64
+	vals      []bpf.ProfileCountVal
 	frames    []uint64
 	stackIDs  map[int32][]uint64
 	uhashes   []uint64
@@ -97,7 +97,7 @@ func New(opts Options) (*Sampler, error) {
 		events:       map[int]*cpuEvent{},
 		reqs:         make(chan rateReq),
 		keys:         make([]bpf.ProfileStackKey, drainBatch),
-		vals:         make([]uint64, drainBatch),
+		vals:         make([]bpf.ProfileCountVal, drainBatch),
 		frames:       make([]uint64, MaxStackDepth),
 		stackIDs:     map[int32][]uint64{},
 		uhashes:      make([]uint64, userBatch),
@@ -383,14 +383,14 @@ func (s *Sampler) flush(start, end time.Time, hz int) (*Window, error) {
 	if err := s.drainUserStacks(ustacks); err != nil {
 		return nil, err
 	}
-	err := s.drainCounts(counts, func(k *bpf.ProfileStackKey, v uint64) {
+	err := s.drainCounts(counts, func(k *bpf.ProfileStackKey, v *bpf.ProfileCountVal) {
 		w.Samples = append(w.Samples, Sample{
 			PID:    k.Pid,
 			TID:    k.Tid,
-			Comm:   comm(k.Comm),
+			Comm:   comm(v.Comm),
 			User:   s.user[k.UserStack],
 			Kernel: s.stack(stacks, k.KernelStackId),
-			Count:  v,
+			Count:  v.Count,
 		})
 	})
 	if err != nil {
@@ -436,12 +436,12 @@ func (s *Sampler) flush(start, end time.Time, hz int) (*Window, error) {
 
 // drainCounts removes every entry of counts in batches and calls fn for
 // each. Buffers are reused across windows.
-func (s *Sampler) drainCounts(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, uint64)) error {
+func (s *Sampler) drainCounts(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, *bpf.ProfileCountVal)) error {
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := counts.BatchLookupAndDelete(&cursor, s.keys, s.vals, nil)
 		for i := range n {
-			fn(&s.keys[i], s.vals[i])
+			fn(&s.keys[i], &s.vals[i])
 		}
 		switch {
 		case errors.Is(err, ebpf.ErrKeyNotExist):
@@ -451,7 +451,7 @@ func (s *Sampler) drainCounts(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, ui
 		case errors.Is(err, unix.ENOSPC):
 			// A bucket larger than the batch: grow and retry.
 			s.keys = make([]bpf.ProfileStackKey, 2*len(s.keys))
-			s.vals = make([]uint64, 2*len(s.vals))
+			s.vals = make([]bpf.ProfileCountVal, 2*len(s.vals))
 		case err != nil:
 			return fmt.Errorf("drain counts: %w", err)
 		}
@@ -506,9 +506,9 @@ func (s *Sampler) drainUserOneByOne(ustacks *ebpf.Map) error {
 }
 
 // drainOneByOne is the fallback for kernels without batch operations.
-func (s *Sampler) drainOneByOne(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, uint64)) error {
+func (s *Sampler) drainOneByOne(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, *bpf.ProfileCountVal)) error {
 	var k bpf.ProfileStackKey
-	var v uint64
+	var v bpf.ProfileCountVal
 	for {
 		if err := counts.NextKey(nil, &k); err != nil {
 			if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -527,8 +527,8 @@ func (s *Sampler) drainOneByOne(counts *ebpf.Map, fn func(*bpf.ProfileStackKey, 
 				return fmt.Errorf("drain counts: %w", err)
 			}
 		}
-		kk := k
-		fn(&kk, v)
+		kk, vv := k, v
+		fn(&kk, &vv)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,17 @@ func spin(ctx context.Context) {
 	_ = x
 }
 
+// spinNamed is spin on a thread named name (prctl PR_SET_NAME); it sends
+// the thread's id once named.
+func spinNamed(ctx context.Context, name string, tid chan<- uint32) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b := append([]byte(name), 0)
+	_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0, 0, 0)
+	tid <- uint32(unix.Gettid())
+	spin(ctx)
+}
+
 func TestSamplesOwnProcess(t *testing.T) {
 	fptestutil.RequireBPF(t)
 	reg := prometheus.NewRegistry()
@@ -44,7 +56,9 @@ func TestSamplesOwnProcess(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	go spin(ctx)
+	tids := make(chan uint32, 1)
+	go spinNamed(ctx, "fp-spin-own", tids)
+	spinTID := <-tids
 	var windows []*Window
 	var cpu []time.Duration
 	done := make(chan error, 1)
@@ -74,12 +88,18 @@ func TestSamplesOwnProcess(t *testing.T) {
 	if w.FrequencyHz != 99 {
 		t.Errorf("FrequencyHz = %d, want 99", w.FrequencyHz)
 	}
-	var own, withUser, withKernel uint64
+	var own, withUser, withKernel, named uint64
 	for _, smp := range w.Samples {
 		if smp.PID != self {
 			continue
 		}
 		own += smp.Count
+		if smp.TID == spinTID {
+			named += smp.Count
+			if smp.Comm != "fp-spin-own" {
+				t.Errorf("sample of the spinning thread named %q, want fp-spin-own", smp.Comm)
+			}
+		}
 		if len(smp.User) > 0 {
 			withUser += smp.Count
 		}
@@ -94,6 +114,9 @@ func TestSamplesOwnProcess(t *testing.T) {
 	want := (cpu[1] - cpu[0]).Seconds() * 99
 	if float64(own) < 0.7*want || own < 10 {
 		t.Errorf("own samples = %d, want about %.0f (CPU time x 99 Hz)", own, want)
+	}
+	if named < own/2 {
+		t.Errorf("%d of %d own samples from the spinning thread", named, own)
 	}
 	if withUser < own*9/10 {
 		t.Errorf("samples with a user stack = %d of %d", withUser, own)
