@@ -43,7 +43,8 @@ var (
 // and must return quickly. Nil fields are no-ops (see SetDefaults).
 type Callbacks struct {
 	// OnAgentStatus is called after an agent's record changed (connect,
-	// disconnect, health, config status).
+	// disconnect, health, config status). a must not be modified: the
+	// connection keeps it as its copy of the record.
 	OnAgentStatus func(a *store.Agent)
 	// OnPackageStatuses is called with what an agent reports about the
 	// packages it was offered (agent upgrades).
@@ -137,6 +138,7 @@ type metrics struct {
 	connected   prometheus.Gauge
 	rejected    *prometheus.CounterVec
 	enrollments prometheus.Counter
+	recordCache *prometheus.CounterVec
 	messages    prometheus.Counter
 	offers      *prometheus.CounterVec
 }
@@ -160,6 +162,10 @@ type conn struct {
 	// that heartbeats on it do not mint candidates while the agent proves
 	// the one it has.
 	offered atomic.Bool
+	// rec is the agent's record as this connection last read or wrote
+	// it, kept from one status report to the next (updateAgentVia);
+	// onMessage's goroutine only.
+	rec *store.Agent
 }
 
 // New creates the server.
@@ -208,11 +214,12 @@ func New(o Options) (*Server, error) {
 		connected:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetprof_opamp_connected_agents", Help: "Agents holding a WebSocket connection."}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_rejected_total", Help: "OpAMP connections refused, by HTTP status."}, []string{"code"}),
 		enrollments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_enrollments_total", Help: "Agents enrolled with a bootstrap token."}),
+		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read) or kept by the connection since its last report (hit)."}, []string{"source"}),
 		messages:    prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_messages_total", Help: "AgentToServer messages handled."}),
 		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
 	}
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.messages, s.m.offers} {
+		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register opamp metrics: %w", err)
 			}
@@ -463,6 +470,10 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 
 	if c.claims.Kind() == token.KindAgent && c.quiet(msg, s.o.Now()) {
 		// Most messages of a fleet: nothing to store, nothing to answer.
+		// The record kept from the last status report goes: an idle
+		// agent holds none (a push's APPLYING and APPLIED, back to back,
+		// share one read).
+		c.rec = nil
 		return resp
 	}
 	var offer *protobufs.ConnectionSettingsOffers
@@ -643,7 +654,7 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	if st := msg.ConnectionSettingsStatus; st != nil && st.Status == protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED {
 		failed, failMsg = true, st.ErrorMessage
 	}
-	a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
+	a, err := s.updateAgentVia(ctx, c.agentID, &c.rec, func(a *store.Agent) error {
 		before := *a
 		applyDescription(a, msg, now)
 		if c.ws {
@@ -728,6 +739,7 @@ func (c *conn) heartbeat(msg *protobufs.AgentToServer) bool {
 	}
 	c.s.m.messages.Inc()
 	c.lastSeq = msg.SequenceNum
+	c.rec = nil // as onMessage's quiet path
 	return true
 }
 
@@ -790,28 +802,67 @@ func (s *Server) agentLock(id string) *sync.Mutex {
 // concurrent write. fn returning errNoChange skips the write (and the
 // result is nil, nil).
 func (s *Server) updateAgent(ctx context.Context, id string, fn func(a *store.Agent) error) (*store.Agent, error) {
+	return s.updateAgentVia(ctx, id, nil, fn)
+}
+
+// updateAgentVia is updateAgent starting from *cache, when set, instead of
+// a store read: the record this connection last read or wrote. A record
+// changed since by anyone else has another row version, so the write
+// fails with ErrConflict and the retry reads the store. *cache is left
+// holding the stored record (never mutated: fn gets a copy), or nil.
+// Only the goroutine serving the connection's messages may pass its cache.
+func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Agent, fn func(a *store.Agent) error) (*store.Agent, error) {
 	mu := s.agentLock(id)
 	mu.Lock()
 	defer mu.Unlock()
 	for attempt := 0; attempt < 5; attempt++ {
-		a, err := s.o.Store.AgentByID(ctx, id)
-		if err != nil {
-			return nil, err
+		var stored *store.Agent
+		if cache != nil && *cache != nil && attempt == 0 {
+			stored = *cache
+			s.m.recordCache.WithLabelValues("hit").Inc()
+		} else {
+			a, err := s.o.Store.AgentByID(ctx, id)
+			if err != nil {
+				if cache != nil {
+					*cache = nil
+				}
+				return nil, err
+			}
+			stored = a
+			if cache != nil {
+				s.m.recordCache.WithLabelValues("read").Inc()
+			}
+		}
+		a := stored
+		if cache != nil {
+			a = stored.Clone()
 		}
 		if err := fn(a); err != nil {
+			if cache != nil {
+				*cache = stored
+			}
 			if errors.Is(err, errNoChange) {
 				return nil, nil
 			}
 			return nil, err
 		}
-		err = s.o.Store.UpsertAgent(ctx, a)
+		err := s.o.Store.UpsertAgent(ctx, a)
 		if errors.Is(err, store.ErrConflict) {
 			continue
+		}
+		if cache != nil {
+			*cache = nil
+			if err == nil {
+				*cache = a
+			}
 		}
 		if err != nil {
 			return nil, err
 		}
 		return a, nil
+	}
+	if cache != nil {
+		*cache = nil
 	}
 	return nil, fmt.Errorf("update agent %s: %w", id, store.ErrConflict)
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"maps"
 	"time"
 )
 
@@ -85,6 +86,19 @@ type Agent struct {
 	// Version of the row for optimistic concurrency: UpsertAgent with a
 	// Version that is not the stored one fails with ErrConflict. 0 creates.
 	RowVersion int64 `json:"rowVersion"`
+}
+
+// Clone returns a deep copy of a (maps and time pointers included).
+func (a *Agent) Clone() *Agent {
+	c := *a
+	c.Labels = maps.Clone(a.Labels)
+	c.CustomLabels = maps.Clone(a.CustomLabels)
+	c.Description = maps.Clone(a.Description)
+	if a.CredentialExpiresAt != nil {
+		t := *a.CredentialExpiresAt
+		c.CredentialExpiresAt = &t
+	}
+	return &c
 }
 
 // WellKnownLabels are the selector labels the fleet derives from what an

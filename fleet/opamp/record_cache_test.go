@@ -1,0 +1,101 @@
+package opamp
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/open-telemetry/opamp-go/protobufs"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
+)
+
+func counterVec(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// A connection keeps the agent record from one status report to the
+// next: APPLIED right after APPLYING needs no store read. A write by
+// anyone else in between is not lost: the kept record's row version is
+// stale, the write conflicts and the report is applied to a fresh read.
+// A bare heartbeat drops the kept record (idle agents hold none).
+func TestStatusReportsShareOneRead(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, Options{Registerer: reg})
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("cached"))
+	cred := strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
+	c.Close()
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg("cached"))
+	readMsg(t, a)
+
+	status := func(seq uint64, st protobufs.RemoteConfigStatuses) *protobufs.AgentToServer {
+		return &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: seq, RemoteConfigStatus: &protobufs.RemoteConfigStatus{
+			LastRemoteConfigHash: []byte("0123456789abcdef0123456789abcdef"), Status: st}}
+	}
+	reads := func() float64 { return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "read") }
+	hits := func() float64 { return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "hit") }
+
+	r0, h0 := reads(), hits()
+	stored := func(what string, ok func(*store.Agent) bool) {
+		t.Helper()
+		waitFor(t, what, func() bool {
+			ag, err := f.st.AgentByID(t.Context(), uidHex)
+			return err == nil && ok(ag)
+		})
+	}
+	sendMsg(t, a, status(1, protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLYING))
+	stored("APPLYING stored", func(ag *store.Agent) bool { return ag.ConfigStatus == "APPLYING" })
+	sendMsg(t, a, status(2, protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED))
+	stored("APPLIED stored", func(ag *store.Agent) bool { return ag.ConfigStatus == "APPLIED" })
+	if r, h := reads()-r0, hits()-h0; r != 0 || h != 2 {
+		t.Errorf("APPLYING then APPLIED after the connect report: %v store reads, %v kept records; want 0 and 2", r, h)
+	}
+	ag, err := f.st.AgentByID(t.Context(), uidHex)
+	if err != nil || ag.ConfigStatus != "APPLIED" {
+		t.Fatalf("stored record %+v, %v: want APPLIED", ag, err)
+	}
+
+	// Someone else writes the record (as the console does for labels).
+	ag.CustomLabels = map[string]string{"team": "storage"}
+	if err := f.st.UpsertAgent(t.Context(), ag); err != nil {
+		t.Fatal(err)
+	}
+	r0 = reads()
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 3, Health: &protobufs.ComponentHealth{Healthy: true, Status: "fine"}})
+	stored("health stored", func(ag *store.Agent) bool { return ag.Health == "fine" })
+	ag, err = f.st.AgentByID(t.Context(), uidHex)
+	if err != nil || ag.Health != "fine" || ag.CustomLabels["team"] != "storage" || ag.ConfigStatus != "APPLIED" {
+		t.Fatalf("after a write by someone else and a health report: %+v, %v; want both kept", ag, err)
+	}
+	if r := reads() - r0; r != 1 {
+		t.Errorf("%v store reads for a report after someone else's write; want 1 (the retry after the conflict)", r)
+	}
+
+	// A bare heartbeat drops the kept record: the next report reads.
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 4})
+	r0 = reads()
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 5, Health: &protobufs.ComponentHealth{Healthy: false, Status: "sick"}})
+	stored("second health stored", func(ag *store.Agent) bool { return ag.Health == "sick" })
+	if r := reads() - r0; r != 1 {
+		t.Errorf("%v store reads for a report after a heartbeat; want 1", r)
+	}
+}
