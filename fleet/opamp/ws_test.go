@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -409,19 +408,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// A plain-TCP WebSocket is served from its own descriptor, outside the Go
-// runtime: the connection keeps no net.Conn.
-func TestWebSocketIsDetached(t *testing.T) {
-	f := newFixture(t, Options{})
-	c := dialWS(t, f, f.boot)
-	sendMsg(t, c, enrollMsg("detached"))
-	readMsg(t, c)
-	w := wsConnOf(t, f, uidHex)
-	if w.Connection() != nil || w.fd < 0 {
-		t.Fatalf("connection %v, descriptor %d: want no net.Conn and a descriptor of its own", w.Connection(), w.fd)
-	}
-}
-
 // A frame that arrives in pieces (here byte by byte, the first bytes
 // together with the handshake) is assembled across reads, with a ping in
 // the middle of the message; nothing is answered before it is complete.
@@ -524,33 +510,6 @@ func readServerFrame(t *testing.T, br *bufio.Reader) (byte, []byte) {
 	return h[0] & 0x0f, p
 }
 
-// A client that starts a frame and never finishes it is cut off after
-// the frame timeout.
-func TestWebSocketStalledFrameTimesOut(t *testing.T) {
-	old := frameTimeout
-	frameTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { frameTimeout = old })
-	f := newFixture(t, Options{})
-	c := dialWS(t, f, f.boot)
-	sendMsg(t, c, enrollMsg("stalling"))
-	readMsg(t, c)
-	if _, err := c.NetConn().Write(maskedFrame(true, 0x2, make([]byte, 200))[:50]); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, _, err := c.ReadMessage(); err == nil {
-		t.Fatal("read a message: want the connection closed")
-	}
-	if d := time.Since(start); d < 250*time.Millisecond {
-		t.Fatalf("closed after %v: before the frame timeout", d)
-	}
-	waitFor(t, "the agent recorded disconnected", func() bool {
-		a, err := f.st.AgentByID(t.Context(), uidHex)
-		return err == nil && !a.Connected
-	})
-}
-
 // A push to an agent that does not read gives up after the write
 // timeout and closes the connection; pushes to the others go on.
 func TestWebSocketStuckAgentWriteTimesOut(t *testing.T) {
@@ -606,69 +565,6 @@ func TestWebSocketConcurrentPushes(t *testing.T) {
 		if out := readMsg(t, c); out.Flags != 1 {
 			t.Fatalf("push: %v", out)
 		}
-	}
-}
-
-// Many connections that end every which way leave no descriptor behind.
-func TestWebSocketsLeakNoDescriptors(t *testing.T) {
-	f := newFixture(t, Options{MaxMessageBytes: 1024})
-	count := func() int {
-		ents, err := os.ReadDir("/proc/self/fd")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(ents)
-	}
-	settle := func() {
-		waitFor(t, "no connection left", func() bool {
-			f.srv.poll.mu.Lock()
-			defer f.srv.poll.mu.Unlock()
-			return len(f.srv.poll.conns) == 0
-		})
-	}
-	// Warm up whatever the first connection sets up.
-	w := dialWS(t, f, f.boot)
-	sendMsg(t, w, enrollMsg("warm"))
-	readMsg(t, w)
-	w.Close()
-	settle()
-	http.DefaultClient.CloseIdleConnections()
-	before := count()
-	for i := range 150 {
-		c := dialWS(t, f, f.boot)
-		switch i % 5 {
-		case 0: // the agent hangs up
-		case 1: // the agent says goodbye
-			_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
-			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, _, _ = c.ReadMessage()
-		case 2: // a protocol error
-			writeRaw(t, c.NetConn(), true, 0x2, make([]byte, 2000))
-			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, _, _ = c.ReadMessage()
-		case 3: // the fleet hangs up (a newer connection of the same agent takes over)
-			sendMsg(t, c, enrollMsg("leak"))
-			readMsg(t, c)
-		case 4: // half a frame, then gone
-			_, _ = c.NetConn().Write(maskedFrame(true, 0x2, make([]byte, 100))[:20])
-		}
-		c.Close()
-	}
-	// The last agent's connection is open until the fleet closes it.
-	for _, id := range f.srv.Connected() {
-		f.srv.mu.Lock()
-		cc := f.srv.conns[id]
-		f.srv.mu.Unlock()
-		if cc != nil && cc.c != nil {
-			_ = cc.c.Disconnect()
-		}
-	}
-	settle()
-	http.DefaultClient.CloseIdleConnections()
-	var after int
-	waitFor(t, "descriptors back to where they were", func() bool { after = count(); return after <= before })
-	if after > before {
-		t.Fatalf("%d descriptors after 150 connections, %d before", after, before)
 	}
 }
 
