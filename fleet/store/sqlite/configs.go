@@ -290,8 +290,12 @@ func (s *Store) ListRollouts(ctx context.Context, f store.RolloutFilter) ([]*sto
 	return out, rows.Err()
 }
 
+// CountRolloutAgentsSQL counts a rollout's agents by stage and state; the
+// index rollout_agents_progress covers it.
+const CountRolloutAgentsSQL = `SELECT stage, state, COUNT(*) FROM rollout_agents WHERE rollout_id = ? GROUP BY stage, state ORDER BY stage, state`
+
 func (s *Store) CountRolloutAgents(ctx context.Context, rolloutID string) ([]store.RolloutAgentCount, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT stage, state, COUNT(*) FROM rollout_agents WHERE rollout_id = ? GROUP BY stage, state ORDER BY stage, state`, rolloutID)
+	rows, err := s.db.QueryContext(ctx, CountRolloutAgentsSQL, rolloutID)
 	if err != nil {
 		return nil, fmt.Errorf("count rollout agents: %w", full(err))
 	}
