@@ -268,6 +268,10 @@ func (m *Manager) Rollback(ctx context.Context, id, actor string) (*Status, erro
 	})
 }
 
+// AssignmentChanged queues the agent as OnAgentStatus does: another
+// replica changed its assignment.
+func (m *Manager) AssignmentChanged(a *store.Agent) { m.OnAgentStatus(a) }
+
 // OnAgentStatus is the opamp.Callbacks hook: it queues the agent for an
 // offer check and returns at once. Nil-safe.
 func (m *Manager) OnAgentStatus(a *store.Agent) {

@@ -117,7 +117,7 @@ func (c *Controller) update(ctx context.Context, id string, fn func(r *store.Rol
 			return nil, err
 		}
 		for _, a := range ch.Assign {
-			c.enqueue(a.AgentID, nil)
+			c.enqueue(a.AgentID, nil, true)
 		}
 		c.wake()
 		return c.status(ctx, ch.Rollout)

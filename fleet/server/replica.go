@@ -149,7 +149,7 @@ func (r *replica) changed(projectID string) { r.changes.add(projectID) }
 
 // agentStatus is what a replica tells the rollout controller and the
 // release manager of an agent whose assignment changed elsewhere.
-type agentStatus interface{ OnAgentStatus(a *store.Agent) }
+type agentStatus interface{ AssignmentChanged(a *store.Agent) }
 
 // run keeps the leader lease, listens on the bus and pushes configs and
 // releases that another replica assigned to this replica's agents, until
@@ -225,7 +225,7 @@ func (r *replica) queue(ctx context.Context, op *opamp.Server, to []agentStatus,
 			continue
 		}
 		for _, f := range to {
-			f.OnAgentStatus(a)
+			f.AssignmentChanged(a)
 		}
 	}
 }
