@@ -90,10 +90,32 @@ func TestStatusReportsShareOneRead(t *testing.T) {
 		t.Errorf("%v store reads for a report after someone else's write; want 1 (the retry after the conflict)", r)
 	}
 
+	// A report that changes nothing judged from the kept record is judged
+	// again from a fresh read: here the fleet offered a credential in
+	// between (another writer), so the agent's failure report must mark
+	// the rotation failed, though by the kept record nothing was pending.
+	ag, err = f.st.AgentByID(t.Context(), uidHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 4, Health: &protobufs.ComponentHealth{Healthy: true, Status: "fine again"}})
+	stored("health stored again", func(ag *store.Agent) bool { return ag.Health == "fine again" })
+	ag, err = f.st.AgentByID(t.Context(), uidHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.PendingCredentialID, ag.RotationStatus = "candidate", "pending"
+	if err := f.st.UpsertAgent(t.Context(), ag); err != nil {
+		t.Fatal(err)
+	}
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 5, ConnectionSettingsStatus: &protobufs.ConnectionSettingsStatus{
+		Status: protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED, ErrorMessage: "candidate refused"}})
+	stored("rotation failure stored", func(ag *store.Agent) bool { return ag.RotationStatus == "failed" && ag.RotationError == "candidate refused" })
+
 	// A bare heartbeat drops the kept record: the next report reads.
-	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 4})
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 6})
 	r0 = reads()
-	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 5, Health: &protobufs.ComponentHealth{Healthy: false, Status: "sick"}})
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7, Health: &protobufs.ComponentHealth{Healthy: false, Status: "sick"}})
 	stored("second health stored", func(ag *store.Agent) bool { return ag.Health == "sick" })
 	if r := reads() - r0; r != 1 {
 		t.Errorf("%v store reads for a report after a heartbeat; want 1", r)

@@ -655,6 +655,8 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		failed, failMsg = true, st.ErrorMessage
 	}
 	a, err := s.updateAgentVia(ctx, c.agentID, &c.rec, func(a *store.Agent) error {
+		// fn may run again on a fresh read: decide from this one only.
+		revokeOld, needOffer = "", false
 		before := *a
 		applyDescription(a, msg, now)
 		if c.ws {
@@ -817,7 +819,8 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 	defer mu.Unlock()
 	for attempt := 0; attempt < 5; attempt++ {
 		var stored *store.Agent
-		if cache != nil && *cache != nil && attempt == 0 {
+		fromCache := cache != nil && *cache != nil && attempt == 0
+		if fromCache {
 			stored = *cache
 			s.m.recordCache.WithLabelValues("hit").Inc()
 		} else {
@@ -838,6 +841,13 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 			a = stored.Clone()
 		}
 		if err := fn(a); err != nil {
+			if errors.Is(err, errNoChange) && fromCache {
+				// Nothing to write judged from the kept record, which
+				// someone else may have changed since (no write, so no
+				// row-version check to tell): judge a fresh read.
+				*cache = nil
+				continue
+			}
 			if cache != nil {
 				*cache = stored
 			}
