@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/open-telemetry/opamp-go/client"
 	"github.com/open-telemetry/opamp-go/client/types"
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -391,7 +392,7 @@ func effective(body []byte) *protobufs.EffectiveConfig {
 	}}}
 }
 
-// onConnectFailed finds out why a connection failed: a 401 means the
+// onConnectFailed finds out why a handshake was refused: a 401 means the
 // credential is dead (expired or revoked); anything else is retried by
 // opamp-go's jittered backoff, which honours Retry-After.
 func (c *Client) onConnectFailed(tok string) func(context.Context, error) {
@@ -401,6 +402,14 @@ func (c *Client) onConnectFailed(tok string) func(context.Context, error) {
 		c.status.Connected = false
 		c.status.LastError = err.Error()
 		c.mu.Unlock()
+		if !errors.Is(err, websocket.ErrBadHandshake) {
+			// No HTTP answer (the fleet is down or restarting, the
+			// network failed): nothing was refused, so don't ask. After
+			// a fleet restart every agent would otherwise cost it one
+			// more token verification in the reconnect storm.
+			c.log.Debug("fleet unreachable; retrying", zap.Error(err))
+			return
+		}
 		if time.Since(last) < 5*time.Second {
 			return
 		}
