@@ -110,7 +110,9 @@ func TestStatusReportsShareOneRead(t *testing.T) {
 	}
 	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 5, ConnectionSettingsStatus: &protobufs.ConnectionSettingsStatus{
 		Status: protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED, ErrorMessage: "candidate refused"}})
-	stored("rotation failure stored", func(ag *store.Agent) bool { return ag.RotationStatus == "failed" && ag.RotationError == "candidate refused" })
+	stored("rotation failure stored", func(ag *store.Agent) bool {
+		return ag.RotationStatus == "failed" && ag.RotationError == "candidate refused"
+	})
 
 	// A bare heartbeat drops the kept record: the next report reads.
 	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 6})
