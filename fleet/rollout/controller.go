@@ -185,10 +185,17 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 			c.Step(ctx)
 		}
 		// Reports wake the loop early, but it rests at least Tick/10 and
-		// twice as long as the step took, so a burst of thousands of
-		// reports costs a few steps (at most a third of a core), not
-		// thousands.
-		rest := time.NewTimer(max(c.o.Tick/10, 2*time.Since(t0)))
+		// twice as long as the step took, up to 2 Ticks, so a burst of
+		// thousands of reports costs a few steps, not thousands. The cap:
+		// at 19,000 agents a step that waits for the store's write lock
+		// behind the reports' own writes takes seconds of wall time (not
+		// of CPU), and resting twice that left a finished stage unseen
+		// for 6 s.
+		step := time.Since(t0)
+		if step > c.o.Tick {
+			c.log.Debug("rollout step", zap.Duration("took", step))
+		}
+		rest := time.NewTimer(max(c.o.Tick/10, min(2*step, 2*c.o.Tick)))
 		select {
 		case <-ctx.Done():
 			rest.Stop()

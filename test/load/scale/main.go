@@ -309,6 +309,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		close(profiled)
 	}
 	t0 := time.Now()
+	var lastProgress time.Time
 	res, err := cl.ApplyConfig(ctx, p.ID, console.ApplyConfigRequest{YAML: yaml, Selector: "platform=systemd"})
 	if err != nil {
 		return nil, fmt.Errorf("apply config: %w", err)
@@ -317,6 +318,10 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		st, err := cl.RolloutProgress(ctx, res.Rollout.ID)
 		if err != nil {
 			return nil, err
+		}
+		if progress && time.Since(lastProgress) >= 500*time.Millisecond {
+			lastProgress = time.Now()
+			fmt.Fprintf(os.Stderr, "push %5.1fs: %s %v (connected %v)\n", time.Since(t0).Seconds(), st.Status, st.Counts, metric(f.url, "fleetprof_opamp_connected_agents"))
 		}
 		if st.Status == "completed" {
 			r.push = time.Since(t0)
@@ -493,6 +498,7 @@ func run() error {
 	flag.StringVar(&profilePush, "profile-push", "", "write a CPU profile of the fleet during the config push to this file")
 	flag.IntVar(&profileSeconds, "profile-seconds", 5, "length of the push profile")
 	flag.StringVar(&profileStorm, "profile-storm", "", "write a CPU profile of the restarted fleet during the reconnect storm to this file")
+	flag.BoolVar(&progress, "progress", false, "print the rollout's progress every 0.5 s of the push to stderr")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
@@ -556,6 +562,7 @@ func run() error {
 // config push is written (-profile-push).
 var (
 	profilePush, profileIdle, profileStorm string
+	progress                               bool
 	profileSeconds                         int
 )
 
