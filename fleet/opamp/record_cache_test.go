@@ -94,10 +94,6 @@ func TestStatusReportsShareOneRead(t *testing.T) {
 	// again from a fresh read: here the fleet offered a credential in
 	// between (another writer), so the agent's failure report must mark
 	// the rotation failed, though by the kept record nothing was pending.
-	ag, err = f.st.AgentByID(t.Context(), uidHex)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 4, Health: &protobufs.ComponentHealth{Healthy: true, Status: "fine again"}})
 	stored("health stored again", func(ag *store.Agent) bool { return ag.Health == "fine again" })
 	ag, err = f.st.AgentByID(t.Context(), uidHex)
