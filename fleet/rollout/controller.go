@@ -739,7 +739,11 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, ras []*stor
 	}
 	agents := map[string]*store.Agent{}
 	if len(want) > 0 {
-		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return want[a.ID] }})
+		// Only the agents still assigned in this stage, through the
+		// rollout's rows: later steps of a big stage read few agents.
+		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true,
+			InRollout: &store.RolloutSlice{RolloutID: r.ID, Stage: r.Stage, State: AgentAssigned},
+			Match:     func(a *store.Agent) bool { return want[a.ID] }})
 		if err != nil {
 			return false, err
 		}

@@ -116,6 +116,18 @@ type AgentFilter struct {
 	// records (descriptions, effective configs) was most of a rollout's
 	// cost at 19,000 agents.
 	Brief bool
+	// InRollout keeps only the agents whose row in a rollout has the
+	// given stage and state, read through the rollout's index instead of
+	// listing every agent of the project (a rollout step at 19,000 agents
+	// needs only those it still waits for).
+	InRollout *RolloutSlice
+}
+
+// RolloutSlice names the agents of one rollout in one stage and state.
+type RolloutSlice struct {
+	RolloutID string
+	Stage     int
+	State     string
 }
 
 // BriefFields lists the Agent fields a Brief listing fills.

@@ -488,9 +488,17 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 		q = `SELECT ` + briefCols + ` FROM agents`
 	}
 	var args []any
+	var where []string
 	if f.ProjectID != "" {
-		q += ` WHERE project_id = ?`
+		where = append(where, `project_id = ?`)
 		args = append(args, f.ProjectID)
+	}
+	if r := f.InRollout; r != nil {
+		where = append(where, `id IN (SELECT agent_id FROM rollout_agents WHERE rollout_id = ? AND stage = ? AND state = ?)`)
+		args = append(args, r.RolloutID, r.Stage, r.State)
+	}
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
 	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
 	if err != nil {

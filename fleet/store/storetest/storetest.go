@@ -491,6 +491,29 @@ func testRolloutCounts(t *testing.T, s store.Store) {
 	if diff := cmp.Diff([]store.RolloutAgentCount{{Stage: 0, State: "waiting", N: 1}, {Stage: 1, State: "skipped", N: 1}, {Stage: 1, State: "waiting", N: 2}}, counts); diff != "" {
 		t.Errorf("CountRolloutAgents (-want +got):\n%s", diff)
 	}
+
+	// The agents a rollout step waits for: one stage and state, through
+	// the rollout's rows (a5 is in no rollout, a3 in another state).
+	for _, id := range []string{"a1", "a2", "a3", "a4", "a5"} {
+		must(t, s.UpsertAgent(ctx, &store.Agent{ID: id, ProjectID: "p", Labels: map[string]string{"n": id}, ConfigStatus: "APPLIED", Connected: true}))
+	}
+	for _, brief := range []bool{false, true} {
+		list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "p", Brief: brief, InRollout: &store.RolloutSlice{RolloutID: "r9", Stage: 1, State: "waiting"}})
+		must(t, err)
+		var ids []string
+		for _, a := range list {
+			ids = append(ids, a.ID)
+			if a.ConfigStatus != "APPLIED" || !a.Connected || a.Labels["n"] != a.ID {
+				t.Errorf("InRollout listing (brief %v): agent %+v lacks its fields", brief, a)
+			}
+		}
+		if diff := cmp.Diff([]string{"a2", "a4"}, ids); diff != "" {
+			t.Errorf("ListAgents InRollout r9 stage 1 waiting (brief %v) (-want +got):\n%s", brief, diff)
+		}
+	}
+	if list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "other", InRollout: &store.RolloutSlice{RolloutID: "r9", Stage: 1, State: "waiting"}}); err != nil || len(list) != 0 {
+		t.Errorf("InRollout with another project: %d agents, %v; want none", len(list), err)
+	}
 }
 
 func testRollouts(t *testing.T, s store.Store) {
