@@ -400,20 +400,16 @@ func (s *DiskStore) Write(ctx context.Context, projectID string, ps []Profile) (
 	for i, p := range ps {
 		req.rels[i] = blobKey(projectID, p.Time)
 	}
-	stored := make([]bool, len(ps))
 	defer func() {
 		if err != nil {
-			// A Put that failed late may have stored its blob anyway: the
-			// orphan cleanup removes those.
-			var keys []string
-			for i, ok := range stored {
-				if ok {
-					keys = append(keys, req.rels[i])
-				}
-			}
+			// Every key of the write is deleted, not only those whose Put
+			// returned: a Put cancelled by another's failure may have been
+			// stored by the object store all the same. Deleting a missing
+			// key is not an error; anything still left goes to the orphan
+			// cleanup.
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			defer cancel()
-			if derr := s.blobs.Delete(dctx, keys...); derr != nil {
+			if derr := s.blobs.Delete(dctx, req.rels...); derr != nil {
 				s.log.Warn("blobs of a failed write left to the orphan cleanup", zap.Error(derr))
 			}
 		}
@@ -421,13 +417,7 @@ func (s *DiskStore) Write(ctx context.Context, projectID string, ps []Profile) (
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(putConcurrency)
 	for i, p := range ps {
-		g.Go(func() error {
-			if err := s.blobs.Put(gctx, req.rels[i], p.Data); err != nil {
-				return err
-			}
-			stored[i] = true
-			return nil
-		})
+		g.Go(func() error { return s.blobs.Put(gctx, req.rels[i], p.Data) })
 	}
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("store profile blobs: %w", err)
