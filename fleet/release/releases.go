@@ -63,6 +63,11 @@ type Options struct {
 	// HTTPClient fetches releases registered by URL; nil means a client
 	// with a 5 minute timeout.
 	HTTPClient *http.Client
+	// Resync is how often the manager re-reads every release assignment
+	// (one listing per project) into the memory that spares status
+	// reports a store read; agents connected here whose assignment
+	// appeared or changed meanwhile are checked then. 0 means 1m.
+	Resync time.Duration
 }
 
 // Manager keeps releases and drives release rollouts. Its methods are
@@ -78,8 +83,10 @@ type Manager struct {
 	mu      sync.Mutex // serializes rollout writes of this process
 	started time.Time
 
+	asg assigned // which agents have a release assignment
+
 	qmu    sync.Mutex
-	queue  map[string]*store.Agent // agent id → its record when known
+	queue  map[string]queued // agent id → its record when known, full check
 	pushed map[string]pushRec
 	signal chan struct{}
 	kick   chan struct{}
@@ -116,6 +123,9 @@ func New(o Options) (*Manager, error) {
 	if o.PushRetry <= 0 {
 		o.PushRetry = 30 * time.Second
 	}
+	if o.Resync <= 0 {
+		o.Resync = time.Minute
+	}
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{Timeout: 5 * time.Minute}
 	}
@@ -129,7 +139,7 @@ func New(o Options) (*Manager, error) {
 	}
 	return &Manager{
 		o: o, st: o.Store, rs: rs, log: o.Logger, key: key, dir: dir, started: o.Now(),
-		queue: map[string]*store.Agent{}, pushed: map[string]pushRec{},
+		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 	}, nil
 }

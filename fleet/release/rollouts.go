@@ -7,7 +7,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
+	"unique"
 
 	"github.com/google/uuid"
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -189,9 +191,7 @@ func (m *Manager) update(ctx context.Context, id string, fn func(r *store.Releas
 		if err != nil {
 			return nil, err
 		}
-		for _, a := range ch.Assign {
-			m.enqueue(a.AgentID)
-		}
+		m.assignedNow(ch)
 		m.wake()
 		return m.Get(ctx, id)
 	}
@@ -268,13 +268,18 @@ func (m *Manager) Rollback(ctx context.Context, id, actor string) (*Status, erro
 	})
 }
 
-// AssignmentChanged queues the agent as OnAgentStatus does: another
-// replica changed its assignment.
-func (m *Manager) AssignmentChanged(a *store.Agent) { m.OnAgentStatus(a) }
+// AssignmentChanged queues the agent for a full offer check, which reads
+// its assignment from the store: another replica changed it. Nil-safe.
+func (m *Manager) AssignmentChanged(a *store.Agent) { m.report(a, true) }
 
 // OnAgentStatus is the opamp.Callbacks hook: it queues the agent for an
-// offer check and returns at once. Nil-safe.
-func (m *Manager) OnAgentStatus(a *store.Agent) {
+// offer check and returns at once. Nil-safe. The check reads the agent's
+// assignment from the store only when the manager knows it has one for
+// another version than the report's: assignment changes come with their
+// own full check (this manager's writes, AssignmentChanged, Resync).
+func (m *Manager) OnAgentStatus(a *store.Agent) { m.report(a, false) }
+
+func (m *Manager) report(a *store.Agent, full bool) {
 	if m == nil || a == nil {
 		return
 	}
@@ -282,7 +287,7 @@ func (m *Manager) OnAgentStatus(a *store.Agent) {
 		return // never offered a release (the DaemonSet owns its image)
 	}
 	cp := *a
-	m.enqueueAgent(a.ID, &cp)
+	m.enqueueAgent(a.ID, &cp, full)
 	m.wake()
 }
 
@@ -319,17 +324,26 @@ func (m *Manager) OnPackageStatuses(agentID string, ps *protobufs.PackageStatuse
 	m.wake()
 }
 
-func (m *Manager) enqueue(id string) { m.enqueueAgent(id, nil) }
+// queued is an agent waiting for an offer check. full: its assignment may
+// have changed, so the check reads it whatever the manager remembers.
+type queued struct {
+	agent *store.Agent
+	full  bool
+}
+
+// enqueue queues an agent for a full check.
+func (m *Manager) enqueue(id string) { m.enqueueAgent(id, nil, true) }
 
 // enqueueAgent queues an agent for a release check; a (when not nil) is
 // its record as just written, which spares the check a store read.
-func (m *Manager) enqueueAgent(id string, a *store.Agent) {
+func (m *Manager) enqueueAgent(id string, a *store.Agent, full bool) {
 	m.qmu.Lock()
+	q := m.queue[id]
+	q.full = q.full || full
 	if a != nil {
-		m.queue[id] = a
-	} else if _, ok := m.queue[id]; !ok {
-		m.queue[id] = nil
+		q.agent = a
 	}
+	m.queue[id] = q
 	m.qmu.Unlock()
 	select {
 	case m.signal <- struct{}{}:
@@ -355,9 +369,22 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 	m.pusher = p
 	m.started = m.o.Now()
 	m.qmu.Unlock()
-	for _, id := range p.Connected() {
-		m.enqueue(id)
+	// The first listing runs before any report is checked; it queues the
+	// connected agents that have an assignment.
+	if err := m.sync(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.log.Warn("list release assignments", zap.Error(err))
+		for _, id := range p.Connected() {
+			m.enqueue(id) // the memory is empty: every check reads
+		}
+	} else {
+		m.log.Debug("release assignments loaded", zap.Int("agents", m.asg.size()))
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { m.resync(ctx) })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -369,13 +396,13 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 			}
 			m.qmu.Lock()
 			batch := m.queue
-			m.queue = map[string]*store.Agent{}
+			m.queue = map[string]queued{}
 			m.qmu.Unlock()
-			for id, a := range batch {
+			for id, q := range batch {
 				if ctx.Err() != nil {
 					return
 				}
-				m.reconcile(ctx, id, a)
+				m.reconcile(ctx, id, q.agent, q.full)
 			}
 		}
 	}()
@@ -400,9 +427,97 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 	}
 }
 
+// resync re-reads the release assignments every Resync (every Tick
+// while the last listing failed) until ctx ends.
+//
+// Why a periodic listing: this manager's own writes and the checks that
+// AssignmentChanged queues keep the memory current, but fleet/server
+// hands a replica the bus notifications (store.TopicAssign) of another
+// replica's writes only for the agents connected to it, and its poll of
+// assignments covers config assignments, not release ones. An agent
+// connected elsewhere when the leader assigned it a release, or whose
+// notification was lost, would otherwise never be offered it here. The
+// listing bounds that delay to Resync and costs one query per project,
+// reading only the agents that have an assignment.
+func (m *Manager) resync(ctx context.Context) {
+	wait := m.o.Resync
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = m.o.Resync
+		if err := m.sync(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			m.log.Warn("list release assignments", zap.Error(err))
+			wait = min(m.o.Tick, m.o.Resync)
+		}
+	}
+}
+
+// sync lists every project's release assignments into the memory and
+// queues the agents connected here whose assignment appeared or changed.
+func (m *Manager) sync(ctx context.Context) error {
+	m.asg.begin()
+	ps, err := m.st.ListProjects(ctx)
+	if err != nil {
+		m.asg.abort()
+		return fmt.Errorf("list projects: %w", err)
+	}
+	all := map[string]unique.Handle[string]{}
+	for _, p := range ps {
+		as, err := m.rs.ListReleaseAssignments(ctx, p.ID)
+		if err != nil {
+			m.asg.abort()
+			return fmt.Errorf("list release assignments of project %s: %w", p.ID, err)
+		}
+		for _, a := range as {
+			all[a.AgentID] = unique.Make(a.Version)
+		}
+	}
+	changed, dropped := m.asg.replace(all)
+	m.qmu.Lock()
+	for _, id := range dropped {
+		delete(m.pushed, id)
+	}
+	p := m.pusher
+	m.qmu.Unlock()
+	if len(changed) == 0 || p == nil {
+		return nil
+	}
+	local := map[string]bool{}
+	for _, id := range p.Connected() {
+		local[id] = true
+	}
+	for _, id := range changed {
+		if local[id] {
+			m.enqueue(id)
+		}
+	}
+	return nil
+}
+
 // reconcile offers an agent its assigned release when it runs another
-// version and has not failed to install that one.
-func (m *Manager) reconcile(ctx context.Context, id string, a *store.Agent) {
+// version and has not failed to install that one. Unless full, an agent
+// that the manager knows has no assignment, or runs the assigned version,
+// is left alone without a store read.
+func (m *Manager) reconcile(ctx context.Context, id string, a *store.Agent, full bool) {
+	if a != nil && !a.Connected {
+		m.qmu.Lock()
+		delete(m.pushed, id)
+		m.qmu.Unlock()
+		return
+	}
+	if !full {
+		if v, known := m.asg.lookup(id); known && (v == "" || (a != nil && a.Version == v)) {
+			return
+		}
+	}
 	if a == nil {
 		var err error
 		if a, err = m.st.AgentByID(ctx, id); err != nil {
@@ -416,9 +531,14 @@ func (m *Manager) reconcile(ctx context.Context, id string, a *store.Agent) {
 		return
 	}
 	asg, err := m.rs.ReleaseAssignmentByAgent(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		m.asg.drop(id)
+		return
+	}
 	if err != nil {
 		return
 	}
+	m.asg.set(id, asg.Version)
 	if asg.Version == a.Version || asg.Status == StatusInstallFailed {
 		return
 	}
@@ -521,10 +641,21 @@ func (m *Manager) startStage(ctx context.Context, r *store.ReleaseRollout, ras [
 	}
 	*r = next
 	m.log.Info("release rollout stage started", zap.String("rollout", r.ID), zap.String("stage", rollout.StageName(&r.Rollout, k)), zap.Int("agents", len(ch.Assign)))
+	m.assignedNow(ch)
+	return nil
+}
+
+// assignedNow records the assignments that ch (just written) set or
+// removed and queues those agents for a full check.
+func (m *Manager) assignedNow(ch *store.ReleaseRolloutChange) {
 	for _, a := range ch.Assign {
+		m.asg.set(a.AgentID, a.Version)
 		m.enqueue(a.AgentID)
 	}
-	return nil
+	for _, id := range ch.Unassign {
+		m.asg.drop(id)
+		m.enqueue(id)
+	}
 }
 
 // evaluate records the current stage's results; true when the stage is
