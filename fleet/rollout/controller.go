@@ -80,6 +80,10 @@ type Controller struct {
 	started time.Time
 
 	mu sync.Mutex // serializes rollout writes of this process
+	// fullAt is when each running rollout's stage was last judged agent
+	// by agent (by mu). Between those judgements a step only counts the
+	// rows the agents' reports settled (see Result).
+	fullAt map[string]time.Time
 
 	cmu     sync.Mutex
 	configs map[string]*store.ConfigVersion // immutable, by id
@@ -124,7 +128,7 @@ func New(o Options) (*Controller, error) {
 	}
 	return &Controller{
 		o: o, st: o.Store, log: o.Logger, started: o.Now(),
-		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{},
+		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, fullAt: map[string]time.Time{},
 		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
 	}, nil
@@ -146,7 +150,7 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				c.reconcile(ctx, j.id, j.agent, j.full)
+				c.reconcile(ctx, j.id, j.agent, j.full, j.asg)
 			}
 		}()
 	}
@@ -170,7 +174,7 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 			c.qmu.Unlock()
 			for id, q := range batch {
 				select {
-				case jobs <- job{id: id, agent: q.agent, full: q.full}:
+				case jobs <- job{id: id, agent: q.agent, full: q.full, asg: q.asg}:
 				case <-ctx.Done():
 					return
 				}
@@ -217,14 +221,18 @@ type job struct {
 	id    string
 	agent *store.Agent
 	full  bool
+	asg   *store.Assignment
 }
 
 // queued is an agent waiting for a config check. full: its assignment
 // may have changed, so the check reads it even when the agent reports the
 // config last pushed to it.
+// asg, when set, is the assignment just written for it (by this
+// controller's stage start), which spares the check a store read.
 type queued struct {
 	agent *store.Agent
 	full  bool
+	asg   *store.Assignment
 }
 
 // OnAgentStatus is the opamp.Callbacks hook: it queues the agent for a
@@ -254,9 +262,16 @@ func (c *Controller) AssignmentChanged(a *store.Agent) {
 }
 
 func (c *Controller) enqueue(id string, a *store.Agent, full bool) {
+	c.enqueueAssigned(id, a, full, nil)
+}
+
+// enqueueAssigned is enqueue with the assignment just written for the
+// agent; a later enqueue without one makes the check read it again.
+func (c *Controller) enqueueAssigned(id string, a *store.Agent, full bool, asg *store.Assignment) {
 	c.qmu.Lock()
 	q := c.queue[id]
 	q.full = q.full || full
+	q.asg = asg
 	if a != nil {
 		q.agent = a
 	}
@@ -326,7 +341,7 @@ func Message(cv *store.ConfigVersion) *protobufs.ServerToAgent {
 }
 
 // reconcile pushes an agent its assigned config when it runs another one.
-func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, full bool) {
+func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, full bool, asg *store.Assignment) {
 	var err error
 	if a == nil {
 		if a, err = c.st.AgentByID(ctx, id); err != nil {
@@ -352,13 +367,15 @@ func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, f
 			return
 		}
 	}
-	asg, err := c.st.AssignmentByAgent(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		asg, err = c.assignNewAgent(ctx, a)
-	}
-	if err != nil {
-		c.log.Warn("load assignment", zap.String("agent", id), zap.Error(err))
-		return
+	if asg == nil {
+		asg, err = c.st.AssignmentByAgent(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			asg, err = c.assignNewAgent(ctx, a)
+		}
+		if err != nil {
+			c.log.Warn("load assignment", zap.String("agent", id), zap.Error(err))
+			return
+		}
 	}
 	if asg == nil || (a.ConfigHash == asg.ConfigHash && a.ConfigStatus != "") {
 		return
@@ -576,6 +593,15 @@ func (c *Controller) Step(ctx context.Context) {
 		return
 	}
 	slices.Reverse(rs) // oldest first
+	live := make(map[string]bool, len(rs))
+	for _, r := range rs {
+		live[r.ID] = true
+	}
+	for id := range c.fullAt {
+		if !live[id] {
+			delete(c.fullAt, id)
+		}
+	}
 	for _, r := range rs {
 		if err := c.advance(ctx, r); err != nil && ctx.Err() == nil {
 			c.log.Warn("advance rollout", zap.String("rollout", r.ID), zap.Error(err))
@@ -586,27 +612,45 @@ func (c *Controller) Step(ctx context.Context) {
 // advance moves one rollout as far as it can go now.
 func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
 	now := c.o.Now().UTC()
-	ras, err := c.st.ListRolloutAgents(ctx, r.ID)
-	if err != nil {
-		return err
+	// The rollout's rows are read only when a step needs them: a step
+	// that just counts (most of them) does not.
+	var ras []*store.RolloutAgent
+	loaded := false
+	rows := func() ([]*store.RolloutAgent, error) {
+		if !loaded {
+			var err error
+			if ras, err = c.st.ListRolloutAgents(ctx, r.ID); err != nil {
+				return nil, err
+			}
+			loaded = true
+		}
+		return ras, nil
 	}
 	for range 2*r.Stages + 2 {
 		switch {
 		case r.Stages == 0:
-			return c.complete(ctx, r, ras, now)
-		case r.Stage < 0:
-			if err := c.startStage(ctx, r, ras, 0, now); err != nil {
+			ras, err := rows()
+			if err != nil {
 				return err
 			}
-		case r.NextStageAt != nil:
-			if now.Before(*r.NextStageAt) {
-				return nil
+			return c.complete(ctx, r, ras, now)
+		case r.Stage < 0 || r.NextStageAt != nil:
+			k := 0
+			if r.Stage >= 0 {
+				if now.Before(*r.NextStageAt) {
+					return nil
+				}
+				k = r.Stage + 1
 			}
-			if err := c.startStage(ctx, r, ras, r.Stage+1, now); err != nil {
+			ras, err := rows()
+			if err != nil {
+				return err
+			}
+			if err := c.startStage(ctx, r, ras, k, now); err != nil {
 				return err
 			}
 		default:
-			done, err := c.evaluate(ctx, r, ras, now)
+			done, err := c.evaluate(ctx, r, rows, now)
 			if err != nil || !done {
 				return err
 			}
@@ -616,6 +660,35 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
 		}
 	}
 	return nil
+}
+
+// fullEvery is how often a running stage is judged agent by agent even
+// though the agents' reports settle their own rows: a safety net for
+// results no report carried (a report written between a stage's read of
+// the agents and its start, an agent that disconnected after applying).
+const fullEvery = 10 * time.Second
+
+// mayBeOver reports whether the counts of r's current stage could end it:
+// nothing left open, or more failures than allowed.
+func (c *Controller) mayBeOver(ctx context.Context, r *store.Rollout) (bool, error) {
+	counts, err := c.st.CountRolloutAgents(ctx, r.ID)
+	if err != nil {
+		return false, err
+	}
+	size, failed, open := 0, 0, 0
+	for _, n := range counts {
+		if n.Stage != r.Stage {
+			continue
+		}
+		size += n.N
+		switch n.State {
+		case AgentFailed:
+			failed += n.N
+		case AgentAssigned, AgentWaiting:
+			open += n.N
+		}
+	}
+	return open == 0 || (failed > 0 && failed*100 > r.MaxFailurePercent*size), nil
 }
 
 // startStage assigns the config to the agents of stage k and pushes it.
@@ -635,7 +708,21 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	next := *r
 	next.Status, next.Stage, next.StageStartedAt, next.NextStageAt, next.Reason = StatusRunning, k, ptr(now), nil, ""
 	ch := &store.RolloutChange{Rollout: &next}
-	var push []string
+	var stage []string
+	for _, ra := range ras {
+		if ra.Stage == k && ra.State == AgentWaiting {
+			stage = append(stage, ra.AgentID)
+		}
+	}
+	// The stage's agents as they are now, by their brief records
+	// (connected, config state, labels), read in one listing: an agent
+	// already running the config is settled here, as no report will come
+	// from it; the others' pushes are judged by them.
+	briefs, err := c.briefs(ctx, r.ProjectID, stage)
+	if err != nil {
+		return err
+	}
+	push := map[string]bool{}
 	for _, ra := range ras {
 		if ra.Stage != k || ra.State != AgentWaiting {
 			continue
@@ -652,35 +739,62 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 			u.PreviousConfigID = cur.ConfigID
 		}
 		u.State = AgentAssigned
+		if b := briefs[ra.AgentID]; b != nil && b.ConfigHash == r.ConfigHash {
+			if rr := Result(b); rr != nil {
+				u.State, u.Error = rr.To, rr.Error
+			}
+		}
 		ch.Agents = append(ch.Agents, &u)
 		ch.Assign = append(ch.Assign, &store.Assignment{AgentID: ra.AgentID, ProjectID: r.ProjectID, ConfigID: r.ConfigID, ConfigHash: r.ConfigHash, RolloutID: r.ID, UpdatedAt: now})
-		push = append(push, ra.AgentID)
+		if u.State == AgentAssigned {
+			push[ra.AgentID] = true
+		}
 	}
 	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
 		return err
 	}
 	*r = next
 	apply(ras, ch.Agents)
+	c.fullAt[r.ID] = now
 	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
-	// The push of each agent judges it by its brief record (connected,
-	// config state, labels): read them in one listing, not one full read
-	// per agent.
-	briefs := map[string]*store.Agent{}
-	if len(push) > 1 {
-		want := make(map[string]bool, len(push))
-		for _, id := range push {
-			want[id] = true
+	for _, as := range ch.Assign {
+		if push[as.AgentID] {
+			c.enqueueAssigned(as.AgentID, briefs[as.AgentID], true, as)
 		}
-		if list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return want[a.ID] }}); err == nil {
-			for _, a := range list {
-				briefs[a.ID] = a
-			}
-		}
-	}
-	for _, id := range push {
-		c.enqueue(id, briefs[id], true)
 	}
 	return nil
+}
+
+// briefs reads the brief records of a project's agents ids, by id; an
+// agent not found is missing from the map.
+func (c *Controller) briefs(ctx context.Context, projectID string, ids []string) (map[string]*store.Agent, error) {
+	out := make(map[string]*store.Agent, len(ids))
+	switch len(ids) {
+	case 0:
+		return out, nil
+	case 1:
+		a, err := c.st.AgentByID(ctx, ids[0])
+		if errors.Is(err, store.ErrNotFound) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[a.ID] = a
+		return out, nil
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: projectID, Brief: true, Match: func(a *store.Agent) bool { return want[a.ID] }})
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range list {
+		out[a.ID] = a
+	}
+	return out, nil
 }
 
 // apply copies updated rows into ras.
@@ -722,12 +836,24 @@ func StageName(r *store.Rollout, k int) string {
 // evaluate records the results of the current stage's agents; it
 // returns true when the stage is over (and the rollout moved on: next
 // stage scheduled, completed or halted).
-func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, now time.Time) (bool, error) {
+func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, rows func() ([]*store.RolloutAgent, error), now time.Time) (bool, error) {
 	deadline := r.StageStartedAt
 	if deadline == nil || deadline.Before(c.started) {
 		deadline = ptr(c.started)
 	}
 	timedOut := now.Sub(*deadline) >= c.o.AgentTimeout
+	if last, ok := c.fullAt[r.ID]; ok && !timedOut && now.Sub(last) < fullEvery {
+		// The reports settle their own rows: count them, and judge agent
+		// by agent only when the counts could end the stage.
+		if over, err := c.mayBeOver(ctx, r); err != nil || !over {
+			return false, err
+		}
+	}
+	c.fullAt[r.ID] = now
+	ras, err := rows()
+	if err != nil {
+		return false, err
+	}
 	var upd []*store.RolloutAgent
 	size, failed, open := 0, 0, 0
 	var reasons []string
@@ -821,19 +947,37 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, ras []*stor
 	return over, nil
 }
 
+// Result is what an agent's record settles in the running rollouts of the
+// config it reports, or nil while it settles nothing: the fleet writes it
+// with the agent's status report (store.Agents.UpsertAgentResult), so a
+// rollout step counts instead of reading every agent. It agrees with the
+// step's own judgement of an agent before the stage times out.
+func Result(a *store.Agent) *store.RolloutResult {
+	if a == nil || a.ConfigHash == "" {
+		return nil
+	}
+	rr := &store.RolloutResult{ConfigHash: a.ConfigHash, RolloutStatus: StatusRunning, From: AgentAssigned}
+	switch {
+	case a.ConfigStatus == "FAILED":
+		rr.To, rr.Error = AgentFailed, "config failed: "+a.ConfigError
+	case a.ConfigStatus == "APPLIED" && (a.Healthy || !a.Connected):
+		rr.To = AgentApplied
+	default:
+		return nil
+	}
+	return rr
+}
+
 // result is an agent's state in a running stage.
 func (c *Controller) result(r *store.Rollout, a *store.Agent, timedOut bool) (state, msg string) {
 	if a == nil {
 		return AgentFailed, "agent was deleted"
 	}
 	if a.ConfigHash == r.ConfigHash {
-		switch a.ConfigStatus {
-		case "FAILED":
-			return AgentFailed, "config failed: " + a.ConfigError
-		case "APPLIED":
-			if a.Healthy || !a.Connected {
-				return AgentApplied, ""
-			}
+		if rr := Result(a); rr != nil {
+			return rr.To, rr.Error
+		}
+		if a.ConfigStatus == "APPLIED" {
 			if timedOut {
 				return AgentFailed, "unhealthy after applying: " + a.Health
 			}

@@ -54,7 +54,8 @@ func TestWins(t *testing.T) {
 }
 
 // fleet is a fake fleet of agents: Send makes the agent report the
-// pushed hash as APPLIED, or FAILED when its id is in fail.
+// pushed hash as APPLIED, or FAILED when its id is in fail, written with
+// its rollout result as fleet/opamp writes a report (unless bare).
 type fleet struct {
 	t    *testing.T
 	st   store.Store
@@ -62,6 +63,7 @@ type fleet struct {
 	sent map[string][]string // agent → hashes pushed
 	fail map[string]bool
 	mute map[string]bool // agents that never answer
+	bare bool            // write reports without their rollout result
 }
 
 func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgent) error {
@@ -81,7 +83,13 @@ func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgen
 	if fail {
 		a.ConfigStatus, a.ConfigError = "FAILED", "boom"
 	}
-	return f.st.UpsertAgent(ctx, a)
+	f.mu.Lock()
+	bare := f.bare
+	f.mu.Unlock()
+	if bare {
+		return f.st.UpsertAgent(ctx, a)
+	}
+	return f.st.UpsertAgentResult(ctx, a, Result(a))
 }
 
 func (f *fleet) Connected() []string { return nil }
@@ -158,7 +166,7 @@ func (e *env) step() {
 			return
 		}
 		for id, a := range q {
-			e.c.reconcile(ctx, id, a.agent, a.full)
+			e.c.reconcile(ctx, id, a.agent, a.full, a.asg)
 		}
 	}
 }
@@ -473,5 +481,113 @@ func TestReportOfPushedConfigSkipsAssignmentRead(t *testing.T) {
 	e.step()
 	if got := e.fl.pushes("s0"); len(got) != 2 || got[1] != other.Hash {
 		t.Fatalf("after AssignmentChanged: pushes %v, want the other config", got)
+	}
+}
+
+// readCounter counts the store reads a rollout step may avoid.
+type readCounter struct {
+	store.Store
+	mu                  sync.Mutex
+	listAgents, listRAs int
+}
+
+func (r *readCounter) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
+	r.mu.Lock()
+	r.listAgents++
+	r.mu.Unlock()
+	return r.Store.ListAgents(ctx, f)
+}
+
+func (r *readCounter) ListRolloutAgents(ctx context.Context, id string) ([]*store.RolloutAgent, error) {
+	r.mu.Lock()
+	r.listRAs++
+	r.mu.Unlock()
+	return r.Store.ListRolloutAgents(ctx, id)
+}
+
+func (r *readCounter) reads() (int, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.listAgents, r.listRAs
+}
+
+// TestStepsCountSettledRows: the agents' reports settle their own rows,
+// so the steps of a running stage only count them; the stage ends in the
+// step after the last report.
+func TestStepsCountSettledRows(t *testing.T) {
+	e := newEnv(t)
+	for i := range 4 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	e.fl.mute["s3"] = true
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step() // the stage starts; s0..s2 report
+	rc := &readCounter{Store: e.st}
+	e.c.st = rc
+	for range 5 {
+		e.clk.add(time.Second)
+		e.step()
+	}
+	if la, lr := rc.reads(); la != 0 || lr != 0 {
+		t.Errorf("5 steps while s3 is silent: %d agent listings, %d rollout row listings; want none", la, lr)
+	}
+	if diff := cmp.Diff(map[string]string{"s0": AgentApplied, "s1": AgentApplied, "s2": AgentApplied, "s3": AgentAssigned}, e.states(r.ID)); diff != "" {
+		t.Errorf("settled by the reports (-want +got):\n%s", diff)
+	}
+	a, err := e.st.AgentByID(t.Context(), "s3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ConfigHash, a.ConfigStatus = r.ConfigHash, "APPLIED"
+	if err := e.st.UpsertAgentResult(t.Context(), a, Result(a)); err != nil {
+		t.Fatal(err)
+	}
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Errorf("after the last report: %s, want completed", st.Status)
+	}
+}
+
+// TestUnsettledReportIsJudged: a report written without its result (an
+// older replica, a race with the stage start) is still judged, by the
+// agent-by-agent step at most fullEvery later.
+func TestUnsettledReportIsJudged(t *testing.T) {
+	e := newEnv(t)
+	e.agent("s0", systemd(0))
+	e.fl.bare = true
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step()
+	e.clk.add(fullEvery / 2)
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusRunning {
+		t.Fatalf("before the full judgement: %s, want running", st.Status)
+	}
+	e.clk.add(fullEvery / 2)
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Errorf("after fullEvery: %s, want completed", st.Status)
+	}
+}
+
+// TestRunningConfigSettledAtStart: an agent that already runs the
+// config is settled when its stage starts: no push, no report needed.
+func TestRunningConfigSettledAtStart(t *testing.T) {
+	e := newEnv(t)
+	e.agent("s0", systemd(0))
+	e.agent("s1", systemd(1))
+	r1 := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step()
+	e.step()
+	if st := e.status(r1.ID); st.Status != StatusCompleted {
+		t.Fatalf("first rollout: %s", st.Status)
+	}
+	e.fl.mute["s0"], e.fl.mute["s1"] = true, true
+	r2 := e.apply("sampling: {frequency_hz: 49}\n", "node in (0, 1)", 0, 0, 0, 0)
+	e.step()
+	if st := e.status(r2.ID); st.Status != StatusCompleted {
+		t.Errorf("rollout of the config the agents run: %s %v, want completed in its first step", st.Status, e.states(r2.ID))
+	}
+	if got := e.fl.pushes("s0"); len(got) != 1 {
+		t.Errorf("pushes to s0: %v; want only the first rollout's", got)
 	}
 }

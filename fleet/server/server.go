@@ -133,6 +133,7 @@ func Run(ctx context.Context, o Options) error {
 		FailRotation: failRotationHook(),
 		Callbacks: opamp.Callbacks{
 			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a); rep.changed(a.ProjectID) },
+			RolloutResult:     rollout.Result,
 			OnPackageStatuses: rel.OnPackageStatuses,
 		},
 	})
