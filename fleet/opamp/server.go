@@ -49,18 +49,10 @@ type Callbacks struct {
 	// OnPackageStatuses is called with what an agent reports about the
 	// packages it was offered (agent upgrades).
 	OnPackageStatuses func(agentID string, st *protobufs.PackageStatuses)
-	// RolloutResult says what a status report settles in the rollouts of
-	// the config it reports (fleet/rollout.Result); the record is written
-	// with it, in one transaction. It is asked when the config hash or
-	// status, the health or the connection changed; nil settles nothing.
-	RolloutResult func(a *store.Agent) *store.RolloutResult
 }
 
 // SetDefaults fills nil callbacks with no-ops.
 func (c *Callbacks) SetDefaults() {
-	if c.RolloutResult == nil {
-		c.RolloutResult = func(*store.Agent) *store.RolloutResult { return nil }
-	}
 	if c.OnAgentStatus == nil {
 		c.OnAgentStatus = func(*store.Agent) {}
 	}
@@ -662,18 +654,13 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	if st := msg.ConnectionSettingsStatus; st != nil && st.Status == protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED {
 		failed, failMsg = true, st.ErrorMessage
 	}
-	a, err := s.updateAgentVia(ctx, c.agentID, &c.rec, func(a *store.Agent) (*store.RolloutResult, error) {
+	a, err := s.updateAgentVia(ctx, c.agentID, &c.rec, func(a *store.Agent) error {
 		// fn may run again on a fresh read: decide from this one only.
 		revokeOld, needOffer = "", false
 		before := *a
 		applyDescription(a, msg, now)
 		if c.ws {
 			a.Connected = true
-		}
-		var rr *store.RolloutResult
-		if before.ConfigHash != a.ConfigHash || before.ConfigStatus != a.ConfigStatus || before.ConfigError != a.ConfigError ||
-			before.Healthy != a.Healthy || before.Connected != a.Connected {
-			rr = s.o.Callbacks.RolloutResult(a)
 		}
 		switch {
 		case jti == a.PendingCredentialID:
@@ -709,9 +696,9 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 			}
 		}
 		if !changed(&before, a, c.lastWrite, now) && !needOffer && revokeOld == "" {
-			return nil, errNoChange
+			return errNoChange
 		}
-		return rr, nil
+		return nil
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -817,7 +804,7 @@ func (s *Server) agentLock(id string) *sync.Mutex {
 // concurrent write. fn returning errNoChange skips the write (and the
 // result is nil, nil).
 func (s *Server) updateAgent(ctx context.Context, id string, fn func(a *store.Agent) error) (*store.Agent, error) {
-	return s.updateAgentVia(ctx, id, nil, func(a *store.Agent) (*store.RolloutResult, error) { return nil, fn(a) })
+	return s.updateAgentVia(ctx, id, nil, fn)
 }
 
 // updateAgentVia is updateAgent starting from *cache, when set, instead of
@@ -826,8 +813,7 @@ func (s *Server) updateAgent(ctx context.Context, id string, fn func(a *store.Ag
 // fails with ErrConflict and the retry reads the store. *cache is left
 // holding the stored record (never mutated: fn gets a copy), or nil.
 // Only the goroutine serving the connection's messages may pass its cache.
-// The rollout result fn returns (nil: none) is written with the record.
-func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Agent, fn func(a *store.Agent) (*store.RolloutResult, error)) (*store.Agent, error) {
+func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Agent, fn func(a *store.Agent) error) (*store.Agent, error) {
 	mu := s.agentLock(id)
 	mu.Lock()
 	defer mu.Unlock()
@@ -854,8 +840,7 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 		if cache != nil {
 			a = stored.Clone()
 		}
-		rr, err := fn(a)
-		if err != nil {
+		if err := fn(a); err != nil {
 			if errors.Is(err, errNoChange) && fromCache {
 				// Nothing to write judged from the kept record, which
 				// someone else may have changed since (no write, so no
@@ -871,7 +856,7 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 			}
 			return nil, err
 		}
-		err = s.o.Store.UpsertAgentResult(ctx, a, rr)
+		err := s.o.Store.UpsertAgent(ctx, a)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}

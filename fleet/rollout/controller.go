@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -80,16 +81,19 @@ type Controller struct {
 	started time.Time
 
 	mu sync.Mutex // serializes rollout writes of this process
-	// fullAt is when each running rollout's stage was last judged agent
-	// by agent (by mu). Between those judgements a step only counts the
-	// rows the agents' reports settled (see Result).
-	fullAt map[string]time.Time
+	// stages is what the steps of each running rollout's stage work from
+	// between two judgements of the stage agent by agent (by mu).
+	stages map[string]*stageState
 
 	cmu     sync.Mutex
 	configs map[string]*store.ConfigVersion // immutable, by id
 	sels    map[string]selector.Selector    // by selector text
 
-	qmu     sync.Mutex
+	qmu sync.Mutex
+	// results holds the results this replica's agents reported for the
+	// configs of running stages (watch), until a step writes them.
+	results map[string]report
+	watch   map[string]bool
 	queue   map[string]queued // agent id → latest record (nil: load), full check
 	pushed  map[string]pushRec
 	signal  chan struct{}
@@ -128,7 +132,8 @@ func New(o Options) (*Controller, error) {
 	}
 	return &Controller{
 		o: o, st: o.Store, log: o.Logger, started: o.Now(),
-		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, fullAt: map[string]time.Time{},
+		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, stages: map[string]*stageState{},
+		results: map[string]report{}, watch: map[string]bool{},
 		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
 	}, nil
@@ -142,6 +147,10 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 	c.pusher = p
 	c.started = c.o.Now()
 	c.qmu.Unlock()
+	// Agents connected before now (few: the fleet just started) are
+	// checked once; those that connect later report, which queues them.
+	connected := p.Connected()
+	c.seed(ctx)
 	close(c.running)
 	jobs := make(chan job)
 	var wg sync.WaitGroup
@@ -154,8 +163,7 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 			}
 		}()
 	}
-	// Every connected agent is checked once at start.
-	for _, id := range p.Connected() {
+	for _, id := range connected {
 		c.enqueue(id, nil, true)
 	}
 	wg.Add(1)
@@ -217,6 +225,64 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 	}
 }
 
+// seed records every agent's assigned config as pushed long ago, from one
+// listing per project: after a fleet restart each reconnecting agent
+// reports its config, and one that runs its assignment then needs no
+// store read (a reconnect storm is one report per agent). One that runs
+// another config is read and pushed as before.
+func (c *Controller) seed(ctx context.Context) {
+	ps, err := c.st.ListProjects(ctx)
+	if err != nil {
+		c.log.Warn("list projects for the assignment seed", zap.Error(err))
+		return
+	}
+	hashes := map[string]string{} // a few configs for many agents: one string each
+	for _, p := range ps {
+		asgs, err := c.st.ListAssignments(ctx, p.ID)
+		if err != nil {
+			c.log.Warn("list assignments for the seed", zap.String("project", p.ID), zap.Error(err))
+			return
+		}
+		c.qmu.Lock()
+		for _, a := range asgs {
+			h, ok := hashes[a.ConfigHash]
+			if !ok {
+				h = a.ConfigHash
+				hashes[h] = h
+			}
+			if _, ok := c.pushed[a.AgentID]; !ok {
+				c.pushed[a.AgentID] = pushRec{hash: h}
+			}
+		}
+		c.qmu.Unlock()
+	}
+}
+
+// stageState is a running stage as its last steps left it.
+type stageState struct {
+	stage int
+	// fullAt: when the stage was last judged agent by agent (read from
+	// the store); progressAt: when a step last settled an agent.
+	fullAt, progressAt time.Time
+	// open are the stage's rows still assigned, by agent.
+	open map[string]*store.RolloutAgent
+}
+
+// report is an agent's result for a config (settled).
+type report struct{ hash, state, msg string }
+
+// Judging a stage agent by agent reads every agent still open from the
+// store: at 19,000 agents that was a fifth of the fleet's CPU in a push.
+// Between those judgements a step settles the agents whose reports this
+// replica saw (OnAgentStatus), from memory. The stage is judged whole at
+// its start, when the settled agents could end it, on timeout, every
+// fullEvery, and after quietEvery without progress, so results reported
+// to other replicas (or before this replica led) arrive too.
+const (
+	fullEvery  = 10 * time.Second
+	quietEvery = 2 * time.Second
+)
+
 type job struct {
 	id    string
 	agent *store.Agent
@@ -243,6 +309,15 @@ func (c *Controller) OnAgentStatus(a *store.Agent) {
 	if a == nil {
 		return
 	}
+	c.qmu.Lock()
+	if c.watch[a.ConfigHash] {
+		if state, msg, ok := settled(a); ok {
+			c.results[a.ID] = report{hash: a.ConfigHash, state: state, msg: msg}
+		} else {
+			delete(c.results, a.ID)
+		}
+	}
+	c.qmu.Unlock()
 	cp := *a
 	c.enqueue(a.ID, &cp, false)
 	if a.ConfigStatus == "APPLIED" || a.ConfigStatus == "FAILED" {
@@ -594,14 +669,33 @@ func (c *Controller) Step(ctx context.Context) {
 	}
 	slices.Reverse(rs) // oldest first
 	live := make(map[string]bool, len(rs))
+	watch := map[string]bool{}
 	for _, r := range rs {
 		live[r.ID] = true
-	}
-	for id := range c.fullAt {
-		if !live[id] {
-			delete(c.fullAt, id)
+		if r.Status == StatusRunning {
+			watch[r.ConfigHash] = true
 		}
 	}
+	for id := range c.stages {
+		if !live[id] {
+			delete(c.stages, id)
+		}
+	}
+	c.qmu.Lock()
+	for h := range c.watch {
+		if !watch[h] {
+			delete(c.watch, h)
+		}
+	}
+	for h := range watch {
+		c.watch[h] = true
+	}
+	for id, rep := range c.results {
+		if !c.watch[rep.hash] {
+			delete(c.results, id)
+		}
+	}
+	c.qmu.Unlock()
 	for _, r := range rs {
 		if err := c.advance(ctx, r); err != nil && ctx.Err() == nil {
 			c.log.Warn("advance rollout", zap.String("rollout", r.ID), zap.Error(err))
@@ -650,7 +744,10 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
 				return err
 			}
 		default:
-			done, err := c.evaluate(ctx, r, rows, now)
+			done, fresh, err := c.evaluate(ctx, r, now)
+			if fresh != nil {
+				ras, loaded = fresh, true
+			}
 			if err != nil || !done {
 				return err
 			}
@@ -662,11 +759,74 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
 	return nil
 }
 
-// fullEvery is how often a running stage is judged agent by agent even
-// though the agents' reports settle their own rows: a safety net for
-// results no report carried (a report written between a stage's read of
-// the agents and its start, an agent that disconnected after applying).
-const fullEvery = 10 * time.Second
+// track records r's current stage as judged whole now from ras.
+func (c *Controller) track(r *store.Rollout, ras []*store.RolloutAgent, now time.Time) {
+	st := &stageState{stage: r.Stage, fullAt: now, progressAt: now, open: map[string]*store.RolloutAgent{}}
+	for _, ra := range ras {
+		if ra.Stage == r.Stage && ra.State == AgentAssigned {
+			st.open[ra.AgentID] = ra
+		}
+	}
+	c.stages[r.ID] = st
+}
+
+// settleReported writes the results this replica's agents reported for
+// r's current stage and reports whether the stage may be over (nothing
+// open, or more failures than allowed), which a judgement of the whole
+// stage then decides.
+func (c *Controller) settleReported(ctx context.Context, r *store.Rollout, st *stageState, now time.Time) (bool, error) {
+	var upd []*store.RolloutAgent
+	reps := map[string]report{}
+	failed := false
+	// The reports are taken in one short critical section (every
+	// report's OnAgentStatus takes the lock), then matched outside it.
+	c.qmu.Lock()
+	results := c.results
+	c.results = make(map[string]report, len(results)/2)
+	c.qmu.Unlock()
+	for id, rep := range results {
+		ra, ok := st.open[id]
+		if !ok || rep.hash != r.ConfigHash {
+			continue
+		}
+		u := *ra
+		u.State, u.Error, u.UpdatedAt = rep.state, rep.msg, now
+		upd = append(upd, &u)
+		reps[id] = rep
+		failed = failed || rep.state == AgentFailed
+		delete(results, id)
+	}
+	// What this stage did not use goes back, unless a newer report came.
+	defer func() {
+		c.qmu.Lock()
+		for id, rep := range results {
+			if _, newer := c.results[id]; !newer {
+				c.results[id] = rep
+			}
+		}
+		c.qmu.Unlock()
+	}()
+	if len(upd) == 0 {
+		return len(st.open) == 0, nil
+	}
+	// In key order: neighbouring rows share pages.
+	slices.SortFunc(upd, func(a, b *store.RolloutAgent) int { return strings.Compare(a.AgentID, b.AgentID) })
+	if err := c.st.ApplyRolloutChange(ctx, &store.RolloutChange{Agents: upd}); err != nil {
+		maps.Copy(results, reps) // to be written by a later step
+		return false, err
+	}
+	for _, u := range upd {
+		delete(st.open, u.AgentID)
+	}
+	st.progressAt = now
+	if len(st.open) == 0 {
+		return true, nil
+	}
+	if failed {
+		return c.mayBeOver(ctx, r)
+	}
+	return false, nil
+}
 
 // mayBeOver reports whether the counts of r's current stage could end it:
 // nothing left open, or more failures than allowed.
@@ -740,8 +900,8 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 		}
 		u.State = AgentAssigned
 		if b := briefs[ra.AgentID]; b != nil && b.ConfigHash == r.ConfigHash {
-			if rr := Result(b); rr != nil {
-				u.State, u.Error = rr.To, rr.Error
+			if state, msg, ok := settled(b); ok {
+				u.State, u.Error = state, msg
 			}
 		}
 		ch.Agents = append(ch.Agents, &u)
@@ -755,7 +915,10 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	}
 	*r = next
 	apply(ras, ch.Agents)
-	c.fullAt[r.ID] = now
+	c.track(r, ras, now)
+	c.qmu.Lock()
+	c.watch[r.ConfigHash] = true // before the pushes: their reports count
+	c.qmu.Unlock()
 	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
 	for _, as := range ch.Assign {
 		if push[as.AgentID] {
@@ -836,47 +999,42 @@ func StageName(r *store.Rollout, k int) string {
 // evaluate records the results of the current stage's agents; it
 // returns true when the stage is over (and the rollout moved on: next
 // stage scheduled, completed or halted).
-func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, rows func() ([]*store.RolloutAgent, error), now time.Time) (bool, error) {
+// It also returns the rollout's rows when it read them.
+func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, now time.Time) (bool, []*store.RolloutAgent, error) {
 	deadline := r.StageStartedAt
 	if deadline == nil || deadline.Before(c.started) {
 		deadline = ptr(c.started)
 	}
 	timedOut := now.Sub(*deadline) >= c.o.AgentTimeout
-	if last, ok := c.fullAt[r.ID]; ok && !timedOut && now.Sub(last) < fullEvery {
-		// The reports settle their own rows: count them, and judge agent
-		// by agent only when the counts could end the stage.
-		if over, err := c.mayBeOver(ctx, r); err != nil || !over {
-			return false, err
+	if st := c.stages[r.ID]; st != nil && st.stage == r.Stage && !timedOut && now.Sub(st.fullAt) < fullEvery &&
+		(now.Sub(st.progressAt) < quietEvery || now.Sub(st.fullAt) < quietEvery) {
+		over, err := c.settleReported(ctx, r, st, now)
+		if err != nil || !over {
+			return false, nil, err
 		}
 	}
-	c.fullAt[r.ID] = now
-	ras, err := rows()
+	// The agents still assigned in this stage (through the rollout's
+	// rows: later steps of a big stage read few agents), then the rows.
+	// In that order: a report settles its row at any time, from assigned
+	// to a result and never back, so a row still assigned after the
+	// listing was assigned during it, and its agent is missing from the
+	// listing only if it was deleted.
+	list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true,
+		InRollout: &store.RolloutSlice{RolloutID: r.ID, Stage: r.Stage, State: AgentAssigned}})
 	if err != nil {
-		return false, err
+		return false, nil, err
+	}
+	agents := make(map[string]*store.Agent, len(list))
+	for _, a := range list {
+		agents[a.ID] = a
+	}
+	ras, err := c.st.ListRolloutAgents(ctx, r.ID)
+	if err != nil {
+		return false, nil, err
 	}
 	var upd []*store.RolloutAgent
 	size, failed, open := 0, 0, 0
 	var reasons []string
-	want := map[string]bool{}
-	for _, ra := range ras {
-		if ra.Stage == r.Stage && ra.State == AgentAssigned {
-			want[ra.AgentID] = true
-		}
-	}
-	agents := map[string]*store.Agent{}
-	if len(want) > 0 {
-		// Only the agents still assigned in this stage, through the
-		// rollout's rows: later steps of a big stage read few agents.
-		list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true,
-			InRollout: &store.RolloutSlice{RolloutID: r.ID, Stage: r.Stage, State: AgentAssigned},
-			Match:     func(a *store.Agent) bool { return want[a.ID] }})
-		if err != nil {
-			return false, err
-		}
-		for _, a := range list {
-			agents[a.ID] = a
-		}
-	}
 	for _, ra := range ras {
 		if ra.Stage != r.Stage {
 			continue
@@ -892,6 +1050,7 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, rows func()
 		}
 	}
 	apply(ras, upd)
+	c.track(r, ras, now)
 	for _, ra := range ras {
 		if ra.Stage != r.Stage {
 			continue
@@ -918,22 +1077,22 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, rows func()
 	case open == 0 && r.Stage == r.Stages-1:
 		if len(upd) > 0 {
 			if err := c.st.ApplyRolloutChange(ctx, &store.RolloutChange{Agents: upd}); err != nil {
-				return false, err
+				return false, ras, err
 			}
 		}
-		return true, c.complete(ctx, r, ras, now)
+		return true, ras, c.complete(ctx, r, ras, now)
 	case open == 0:
 		next.NextStageAt = ptr(now.Add(r.WavePause))
 		over = true
 	}
 	if !over && len(upd) == 0 {
-		return false, nil
+		return false, ras, nil
 	}
 	if !over {
 		ch.Rollout = nil
 	}
 	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
-		return false, err
+		return false, ras, err
 	}
 	if over {
 		*r = next
@@ -944,28 +1103,20 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, rows func()
 			c.log.Info("rollout stage passed", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Duration("pause", r.WavePause))
 		}
 	}
-	return over, nil
+	return over, ras, nil
 }
 
-// Result is what an agent's record settles in the running rollouts of the
-// config it reports, or nil while it settles nothing: the fleet writes it
-// with the agent's status report (store.Agents.UpsertAgentResult), so a
-// rollout step counts instead of reading every agent. It agrees with the
-// step's own judgement of an agent before the stage times out.
-func Result(a *store.Agent) *store.RolloutResult {
-	if a == nil || a.ConfigHash == "" {
-		return nil
-	}
-	rr := &store.RolloutResult{ConfigHash: a.ConfigHash, RolloutStatus: StatusRunning, From: AgentAssigned}
+// settled is an agent's result in a running stage of the config it
+// reports, judged from its record alone: ok is false while it has none
+// (applying, or applied but unhealthy and connected).
+func settled(a *store.Agent) (state, msg string, ok bool) {
 	switch {
 	case a.ConfigStatus == "FAILED":
-		rr.To, rr.Error = AgentFailed, "config failed: "+a.ConfigError
+		return AgentFailed, "config failed: " + a.ConfigError, true
 	case a.ConfigStatus == "APPLIED" && (a.Healthy || !a.Connected):
-		rr.To = AgentApplied
-	default:
-		return nil
+		return AgentApplied, "", true
 	}
-	return rr
+	return "", "", false
 }
 
 // result is an agent's state in a running stage.
@@ -974,8 +1125,8 @@ func (c *Controller) result(r *store.Rollout, a *store.Agent, timedOut bool) (st
 		return AgentFailed, "agent was deleted"
 	}
 	if a.ConfigHash == r.ConfigHash {
-		if rr := Result(a); rr != nil {
-			return rr.To, rr.Error
+		if state, msg, ok := settled(a); ok {
+			return state, msg
 		}
 		if a.ConfigStatus == "APPLIED" {
 			if timedOut {

@@ -54,8 +54,8 @@ func TestWins(t *testing.T) {
 }
 
 // fleet is a fake fleet of agents: Send makes the agent report the
-// pushed hash as APPLIED, or FAILED when its id is in fail, written with
-// its rollout result as fleet/opamp writes a report (unless bare).
+// pushed hash as APPLIED, or FAILED when its id is in fail: the record is
+// written, then onStatus told, as fleet/opamp does (unless bare).
 type fleet struct {
 	t    *testing.T
 	st   store.Store
@@ -63,7 +63,9 @@ type fleet struct {
 	sent map[string][]string // agent → hashes pushed
 	fail map[string]bool
 	mute map[string]bool // agents that never answer
-	bare bool            // write reports without their rollout result
+	bare bool            // write reports without telling onStatus
+	// onStatus is the controller's OnAgentStatus.
+	onStatus func(a *store.Agent)
 }
 
 func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgent) error {
@@ -83,13 +85,16 @@ func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgen
 	if fail {
 		a.ConfigStatus, a.ConfigError = "FAILED", "boom"
 	}
-	f.mu.Lock()
-	bare := f.bare
-	f.mu.Unlock()
-	if bare {
-		return f.st.UpsertAgent(ctx, a)
+	if err := f.st.UpsertAgent(ctx, a); err != nil {
+		return err
 	}
-	return f.st.UpsertAgentResult(ctx, a, Result(a))
+	f.mu.Lock()
+	bare, onStatus := f.bare, f.onStatus
+	f.mu.Unlock()
+	if !bare && onStatus != nil {
+		onStatus(a)
+	}
+	return nil
 }
 
 func (f *fleet) Connected() []string { return nil }
@@ -143,6 +148,9 @@ func (e *env) restart() {
 	}
 	c.pusher = e.fl
 	e.c = c
+	e.fl.mu.Lock()
+	e.fl.onStatus = c.OnAgentStatus
+	e.fl.mu.Unlock()
 }
 
 func (e *env) agent(id string, labels map[string]string) {
@@ -511,10 +519,11 @@ func (r *readCounter) reads() (int, int) {
 	return r.listAgents, r.listRAs
 }
 
-// TestStepsCountSettledRows: the agents' reports settle their own rows,
-// so the steps of a running stage only count them; the stage ends in the
-// step after the last report.
-func TestStepsCountSettledRows(t *testing.T) {
+// TestStepsSettleFromReports: the steps of a running stage settle the
+// agents whose reports this replica saw without reading agents or the
+// rollout's rows from the store; the stage ends in the step after the
+// last report.
+func TestStepsSettleFromReports(t *testing.T) {
 	e := newEnv(t)
 	for i := range 4 {
 		e.agent(fmt.Sprintf("s%d", i), systemd(i))
@@ -525,44 +534,45 @@ func TestStepsCountSettledRows(t *testing.T) {
 	rc := &readCounter{Store: e.st}
 	e.c.st = rc
 	for range 5 {
-		e.clk.add(time.Second)
+		e.clk.add(quietEvery / 10)
 		e.step()
 	}
 	if la, lr := rc.reads(); la != 0 || lr != 0 {
 		t.Errorf("5 steps while s3 is silent: %d agent listings, %d rollout row listings; want none", la, lr)
 	}
 	if diff := cmp.Diff(map[string]string{"s0": AgentApplied, "s1": AgentApplied, "s2": AgentApplied, "s3": AgentAssigned}, e.states(r.ID)); diff != "" {
-		t.Errorf("settled by the reports (-want +got):\n%s", diff)
+		t.Errorf("settled from the reports (-want +got):\n%s", diff)
 	}
 	a, err := e.st.AgentByID(t.Context(), "s3")
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.ConfigHash, a.ConfigStatus = r.ConfigHash, "APPLIED"
-	if err := e.st.UpsertAgentResult(t.Context(), a, Result(a)); err != nil {
+	if err := e.st.UpsertAgent(t.Context(), a); err != nil {
 		t.Fatal(err)
 	}
+	e.c.OnAgentStatus(a)
 	e.step()
 	if st := e.status(r.ID); st.Status != StatusCompleted {
 		t.Errorf("after the last report: %s, want completed", st.Status)
 	}
 }
 
-// TestUnsettledReportIsJudged: a report written without its result (an
-// older replica, a race with the stage start) is still judged, by the
-// agent-by-agent step at most fullEvery later.
-func TestUnsettledReportIsJudged(t *testing.T) {
+// TestUnseenReportIsJudged: a report this replica did not see (the agent
+// is connected to another replica) is still judged, by the step that
+// judges the stage whole once quietEvery passed without progress.
+func TestUnseenReportIsJudged(t *testing.T) {
 	e := newEnv(t)
 	e.agent("s0", systemd(0))
 	e.fl.bare = true
 	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
 	e.step()
-	e.clk.add(fullEvery / 2)
+	e.clk.add(quietEvery / 2)
 	e.step()
 	if st := e.status(r.ID); st.Status != StatusRunning {
 		t.Fatalf("before the full judgement: %s, want running", st.Status)
 	}
-	e.clk.add(fullEvery / 2)
+	e.clk.add(quietEvery / 2)
 	e.step()
 	if st := e.status(r.ID); st.Status != StatusCompleted {
 		t.Errorf("after fullEvery: %s, want completed", st.Status)
@@ -589,5 +599,59 @@ func TestRunningConfigSettledAtStart(t *testing.T) {
 	}
 	if got := e.fl.pushes("s0"); len(got) != 1 {
 		t.Errorf("pushes to s0: %v; want only the first rollout's", got)
+	}
+}
+
+// asgCounter counts assignment reads.
+type asgCounter struct {
+	store.Store
+	mu sync.Mutex
+	n  int
+}
+
+func (a *asgCounter) AssignmentByAgent(ctx context.Context, id string) (*store.Assignment, error) {
+	a.mu.Lock()
+	a.n++
+	a.mu.Unlock()
+	return a.Store.AssignmentByAgent(ctx, id)
+}
+
+// TestRestartSeedsAssignments: after a fleet restart, an agent that
+// reconnects reporting its assigned config costs no assignment read; one
+// that reports another config is read and pushed its own.
+func TestRestartSeedsAssignments(t *testing.T) {
+	e := newEnv(t)
+	e.agent("s0", systemd(0))
+	e.agent("s1", systemd(1))
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step()
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Fatalf("rollout: %s", st.Status)
+	}
+	e.restart()
+	ac := &asgCounter{Store: e.st}
+	e.c.st = ac
+	e.c.seed(t.Context())
+	ctx := t.Context()
+	for _, id := range []string{"s0", "s1"} {
+		a, err := e.st.AgentByID(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id == "s1" {
+			a.ConfigHash = "0000" // runs something else
+		}
+		e.c.OnAgentStatus(a)
+	}
+	e.step()
+	if ac.n != 1 {
+		t.Errorf("%d assignment reads for two reconnects; want 1 (s1's)", ac.n)
+	}
+	if got := e.fl.pushes("s1"); len(got) != 2 || got[1] != r.ConfigHash {
+		t.Errorf("pushes to s1: %v; want the rollout's config again", got)
+	}
+	if got := e.fl.pushes("s0"); len(got) != 1 {
+		t.Errorf("pushes to s0: %v; want none after the restart", got)
 	}
 }

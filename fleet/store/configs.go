@@ -119,14 +119,6 @@ type RolloutAgentCount struct {
 	N     int
 }
 
-// RolloutResult is what an agent's status report settles in the rollouts
-// of the config it reports: in every rollout with config hash ConfigHash
-// and status RolloutStatus where the agent's row is in state From, the
-// row takes state To and Error (Agents.UpsertAgentResult).
-type RolloutResult struct {
-	ConfigHash, RolloutStatus, From, To, Error string
-}
-
 // Rollouts stores rollouts and their progress.
 type Rollouts interface {
 	// CreateRollout stores a rollout (RowVersion becomes 1) with its

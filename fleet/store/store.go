@@ -173,11 +173,6 @@ type Agents interface {
 	// UpsertAgent creates (RowVersion 0) or updates an agent; on success
 	// a.RowVersion holds the new version.
 	UpsertAgent(ctx context.Context, a *Agent) error
-	// UpsertAgentResult is UpsertAgent that also settles res (nil: none)
-	// in the agent's rollout rows, in the same transaction and only when
-	// the agent write succeeds: an agent's report settles its own row, so
-	// a rollout step counts instead of reading every agent.
-	UpsertAgentResult(ctx context.Context, a *Agent, res *RolloutResult) error
 	AgentByID(ctx context.Context, id string) (*Agent, error)
 	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
 	// MarkAllDisconnected clears Connected on the agents whose record

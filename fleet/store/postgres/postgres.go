@@ -407,15 +407,6 @@ func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
 // are columns for filtering and optimistic concurrency.
 
 func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
-	return s.UpsertAgentResult(ctx, a, nil)
-}
-
-// settleSQL applies a store.RolloutResult: state, error, updated_at,
-// agent, from-state, config hash, rollout status.
-const settleSQL = `UPDATE rollout_agents SET state = ?, error = ?, updated_at = ?
-	WHERE agent_id = ? AND state = ? AND rollout_id IN (SELECT id FROM rollouts WHERE config_hash = ? AND status = ?)`
-
-func (s *Store) UpsertAgentResult(ctx context.Context, a *store.Agent, rr *store.RolloutResult) error {
 	now := time.Now().UTC()
 	if a.CreatedAt.IsZero() {
 		a.CreatedAt = now
@@ -428,41 +419,25 @@ func (s *Store) UpsertAgentResult(ctx context.Context, a *store.Agent, rr *store
 		a.RowVersion = prev
 		return fmt.Errorf("encode agent: %w", err)
 	}
-	write := func(ex interface {
-		ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
-	}) error {
-		var res sql.Result
-		var err error
-		if prev == 0 {
-			res, err = ex.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
-			if isUnique(err) {
-				return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
-			}
-		} else {
-			res, err = ex.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
+	var res sql.Result
+	if prev == 0 {
+		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		if isUnique(err) {
+			a.RowVersion = prev
+			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
 		}
-		if err != nil {
-			return fmt.Errorf("upsert agent: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("update agent %s at version %d: %w", a.ID, prev, store.ErrConflict)
-		}
-		if rr != nil {
-			if _, err := ex.ExecContext(ctx, settleSQL, rr.To, rr.Error, ms(now), a.ID, rr.From, rr.ConfigHash, rr.RolloutStatus); err != nil {
-				return fmt.Errorf("settle rollout result of agent %s: %w", a.ID, err)
-			}
-		}
-		return nil
-	}
-	if rr == nil {
-		err = write(s.db)
 	} else {
-		err = s.inTx(ctx, "write agent with its rollout result", func(tx rtx) error { return write(tx) })
+		res, err = s.db.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
 	}
 	if err != nil {
 		a.RowVersion = prev
+		return fmt.Errorf("upsert agent: %w", err)
 	}
-	return err
+	if n, _ := res.RowsAffected(); n == 0 {
+		a.RowVersion = prev
+		return fmt.Errorf("update agent %s at version %d: %w", a.ID, prev, store.ErrConflict)
+	}
+	return nil
 }
 
 func decodeAgent(doc string, ver int64) (*store.Agent, error) {

@@ -66,7 +66,7 @@ func TestConcurrentMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"0001_init", "0002_configs", "0003_users", "0004_releases", "0005_replicas", "0006_rollout_counts", "0007_rollout_agent_results"}, got); diff != "" {
+	if diff := cmp.Diff([]string{"0001_init", "0002_configs", "0003_users", "0004_releases", "0005_replicas", "0006_rollout_counts"}, got); diff != "" {
 		t.Errorf("migrations (-want +got):\n%s", diff)
 	}
 }

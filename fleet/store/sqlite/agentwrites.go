@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/fleetprof/fleetprof/fleet/store"
 )
 
 // Group commit of agent record updates.
@@ -26,16 +24,10 @@ const maxAgentBatch = 256
 
 const updateAgentSQL = `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`
 
-// settleSQL applies a store.RolloutResult: state, error, updated_at,
-// agent, from-state, config hash, rollout status.
-const settleSQL = `UPDATE rollout_agents SET state = ?, error = ?, updated_at = ?
-	WHERE agent_id = ? AND state = ? AND rollout_id IN (SELECT id FROM rollouts WHERE config_hash = ? AND status = ?)`
-
 type agentWrite struct {
 	projectID, id, doc string
 	version, prev      int64
 	at                 int64
-	res                *store.RolloutResult // settled with the update, when it applies
 	done               chan agentResult
 }
 
@@ -47,7 +39,6 @@ type agentResult struct {
 type agentWriter struct {
 	db   *sql.DB
 	upd  *sql.Stmt // updateAgentSQL, prepared once on the writer's connection
-	set  *sql.Stmt // settleSQL, likewise
 	reqs chan *agentWrite
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -97,9 +88,6 @@ func (w *agentWriter) close() {
 	w.wg.Wait()
 	if w.upd != nil {
 		w.upd.Close()
-	}
-	if w.set != nil {
-		w.set.Close()
 	}
 }
 
@@ -168,13 +156,6 @@ func (w *agentWriter) tx(ctx context.Context, batch []*agentWrite) ([]int64, err
 		}
 		w.upd = upd
 	}
-	if w.set == nil {
-		set, err := w.db.PrepareContext(ctx, settleSQL)
-		if err != nil {
-			return nil, fmt.Errorf("prepare rollout result update: %w", full(err))
-		}
-		w.set = set
-	}
 	tx, err := w.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin agent updates: %w", full(err))
@@ -182,12 +163,6 @@ func (w *agentWriter) tx(ctx context.Context, batch []*agentWrite) ([]int64, err
 	defer tx.Rollback()
 	st := tx.StmtContext(ctx, w.upd)
 	defer st.Close()
-	var set *sql.Stmt
-	defer func() {
-		if set != nil {
-			set.Close()
-		}
-	}()
 	ns := make([]int64, len(batch))
 	for i, r := range batch {
 		res, err := st.ExecContext(ctx, r.projectID, r.doc, r.version, r.at, r.id, r.prev)
@@ -195,14 +170,6 @@ func (w *agentWriter) tx(ctx context.Context, batch []*agentWrite) ([]int64, err
 			return nil, fmt.Errorf("update agent %s: %w", r.id, full(err))
 		}
 		ns[i], _ = res.RowsAffected()
-		if rr := r.res; rr != nil && ns[i] == 1 {
-			if set == nil {
-				set = tx.StmtContext(ctx, w.set)
-			}
-			if _, err := set.ExecContext(ctx, rr.To, rr.Error, r.at, r.id, rr.From, rr.ConfigHash, rr.RolloutStatus); err != nil {
-				return nil, fmt.Errorf("settle rollout result of agent %s: %w", r.id, full(err))
-			}
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit agent updates: %w", full(err))

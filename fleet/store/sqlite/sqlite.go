@@ -361,10 +361,6 @@ func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
 // are columns for filtering and optimistic concurrency.
 
 func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
-	return s.UpsertAgentResult(ctx, a, nil)
-}
-
-func (s *Store) UpsertAgentResult(ctx context.Context, a *store.Agent, rr *store.RolloutResult) error {
 	now := time.Now().UTC()
 	if a.CreatedAt.IsZero() {
 		a.CreatedAt = now
@@ -379,25 +375,13 @@ func (s *Store) UpsertAgentResult(ctx context.Context, a *store.Agent, rr *store
 	}
 	var res sql.Result
 	if prev == 0 {
-		const insert = `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`
-		if rr == nil {
-			res, err = s.w.ExecContext(ctx, insert, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
-		} else {
-			err = s.inTx(ctx, "create agent", func(tx *sql.Tx) error {
-				var err error
-				if res, err = tx.ExecContext(ctx, insert, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now)); err != nil {
-					return err
-				}
-				_, err = tx.ExecContext(ctx, settleSQL, rr.To, rr.Error, ms(now), a.ID, rr.From, rr.ConfigHash, rr.RolloutStatus)
-				return err
-			})
-		}
+		res, err = s.w.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
 		if isUnique(err) {
 			a.RowVersion = prev
 			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
 		}
 	} else {
-		n, err := s.agents.write(ctx, &agentWrite{projectID: a.ProjectID, id: a.ID, doc: string(doc), version: a.RowVersion, prev: prev, at: ms(now), res: rr})
+		n, err := s.agents.write(ctx, &agentWrite{projectID: a.ProjectID, id: a.ID, doc: string(doc), version: a.RowVersion, prev: prev, at: ms(now)})
 		if err != nil {
 			a.RowVersion = prev
 			return fmt.Errorf("upsert agent: %w", err)

@@ -37,7 +37,6 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ConfigVersions", testConfigVersions},
 		{"Rollouts", testRollouts},
 		{"RolloutCounts", testRolloutCounts},
-		{"RolloutResults", testRolloutResults},
 		{"Users", testUsers},
 		{"Releases", testReleases},
 	} {
@@ -514,80 +513,6 @@ func testRolloutCounts(t *testing.T, s store.Store) {
 	}
 	if list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "other", InRollout: &store.RolloutSlice{RolloutID: "r9", Stage: 1, State: "waiting"}}); err != nil || len(list) != 0 {
 		t.Errorf("InRollout with another project: %d agents, %v; want none", len(list), err)
-	}
-}
-
-// testRolloutResults: an agent write settles the agent's rows in the
-// rollouts of the reported config that are in the given status and state,
-// and nothing else.
-func testRolloutResults(t *testing.T, s store.Store) {
-	ctx := t.Context()
-	cvA := &store.ConfigVersion{ID: "caa", ProjectID: "p", Hash: "aa", YAML: "x", CreatedAt: Now}
-	cvB := &store.ConfigVersion{ID: "cbb", ProjectID: "p", Hash: "bb", YAML: "y", CreatedAt: Now}
-	must(t, s.CreateConfigVersion(ctx, cvA))
-	must(t, s.CreateConfigVersion(ctx, cvB))
-	mk := func(id string, cv *store.ConfigVersion, status string, rows ...*store.RolloutAgent) {
-		r := Rollout(id, "p", cv)
-		r.Status = status
-		for _, ra := range rows {
-			ra.RolloutID, ra.UpdatedAt = id, Now
-		}
-		must(t, s.CreateRollout(ctx, r, rows))
-	}
-	mk("run-a", cvA, "running",
-		&store.RolloutAgent{AgentID: "a1", Stage: 0, State: "assigned"},
-		&store.RolloutAgent{AgentID: "a2", Stage: 0, State: "assigned"},
-		&store.RolloutAgent{AgentID: "a3", Stage: 1, State: "waiting"})
-	mk("halted-a", cvA, "halted", &store.RolloutAgent{AgentID: "a1", Stage: 0, State: "assigned"})
-	mk("run-b", cvB, "running", &store.RolloutAgent{AgentID: "a1", Stage: 0, State: "assigned"})
-	for _, id := range []string{"a1", "a2", "a3"} {
-		must(t, s.UpsertAgent(ctx, &store.Agent{ID: id, ProjectID: "p"}))
-	}
-	a1, err := s.AgentByID(ctx, "a1")
-	must(t, err)
-	a1.ConfigHash, a1.ConfigStatus = "aa", "APPLIED"
-	applied := &store.RolloutResult{ConfigHash: "aa", RolloutStatus: "running", From: "assigned", To: "applied"}
-	must(t, s.UpsertAgentResult(ctx, a1, applied))
-	// A stale write settles nothing.
-	stale := *a1
-	stale.RowVersion--
-	wantErr(t, "stale write with a result", s.UpsertAgentResult(ctx, &stale, &store.RolloutResult{ConfigHash: "aa", RolloutStatus: "halted", From: "assigned", To: "failed"}), store.ErrConflict)
-	// a3 waits in a later stage: not its turn.
-	a3, err := s.AgentByID(ctx, "a3")
-	must(t, err)
-	must(t, s.UpsertAgentResult(ctx, a3, applied))
-	// A new agent's first write may carry a result too.
-	must(t, s.UpsertAgentResult(ctx, &store.Agent{ID: "a4", ProjectID: "p"}, applied))
-	a2, err := s.AgentByID(ctx, "a2")
-	must(t, err)
-	must(t, s.UpsertAgentResult(ctx, a2, &store.RolloutResult{ConfigHash: "aa", RolloutStatus: "running", From: "assigned", To: "failed", Error: "config failed: bad"}))
-
-	state := func(rollout string) map[string]string {
-		ras, err := s.ListRolloutAgents(ctx, rollout)
-		must(t, err)
-		m := map[string]string{}
-		for _, ra := range ras {
-			m[ra.AgentID] = ra.State
-			if ra.Error != "" {
-				m[ra.AgentID] += ": " + ra.Error
-			}
-		}
-		return m
-	}
-	for _, tc := range []struct {
-		rollout string
-		want    map[string]string
-	}{
-		{"run-a", map[string]string{"a1": "applied", "a2": "failed: config failed: bad", "a3": "waiting"}},
-		{"halted-a", map[string]string{"a1": "assigned"}},
-		{"run-b", map[string]string{"a1": "assigned"}},
-	} {
-		if diff := cmp.Diff(tc.want, state(tc.rollout)); diff != "" {
-			t.Errorf("rows of %s (-want +got):\n%s", tc.rollout, diff)
-		}
-	}
-	if got, err := s.AgentByID(ctx, "a1"); err != nil || got.ConfigStatus != "APPLIED" {
-		t.Errorf("agent written with its result: %+v, %v", got, err)
 	}
 }
 
