@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -57,9 +56,8 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 		plain
 		IssuedAt json.Number `json:"iat,omitempty"`
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.UseNumber()
-	if err := dec.Decode(&aux); err != nil {
+	// A json.Number field takes the number's text, whatever its size.
+	if err := json.Unmarshal(b, &aux); err != nil {
 		return fmt.Errorf("decode claims: %w", err)
 	}
 	*c = Claims(aux.plain)

@@ -104,7 +104,10 @@ func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
 		jwt.WithIssuedAt(),
 	)
 	// Check the algorithm first so "none" and HS256 are named as such.
-	unverified, _, err := p.ParseUnverified(raw, &Claims{})
+	// This parse reads the header; the payload is only checked for JSON
+	// syntax here and decoded once, below (a reconnect storm verifies one
+	// token per agent).
+	unverified, _, err := p.ParseUnverified(raw, &syntaxOnly{})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
@@ -155,6 +158,13 @@ func (ks *KeySet) Verify(raw string, now time.Time) (*Claims, error) {
 	}
 	return claims, nil
 }
+
+// syntaxOnly is the claims of Verify's first, unverified parse: the
+// JSON decoder checks the payload's syntax, and nothing is decoded.
+type syntaxOnly struct{ jwt.RegisteredClaims }
+
+// UnmarshalJSON implements json.Unmarshaler by decoding nothing.
+func (*syntaxOnly) UnmarshalJSON([]byte) error { return nil }
 
 // ParseUnverified decodes a token's claims without checking anything. Use
 // it only to read a token one already trusts (e.g. its own credential's

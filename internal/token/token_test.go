@@ -212,3 +212,35 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkVerify: an agent credential's verification, which a reconnect
+// storm runs once per agent. decode: the claims alone (UnmarshalJSON).
+func BenchmarkVerify(b *testing.B) {
+	ks, err := OpenKeySet(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, _, err := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p1", Subject: "0123456789abcdef0123456789abcdef", TTL: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("verify", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := ks.Verify(raw, time.Time{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(raw, ".")[1])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("decode", func(b *testing.B) {
+		for b.Loop() {
+			var c Claims
+			if err := json.Unmarshal(payload, &c); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
