@@ -133,7 +133,6 @@ func Run(ctx context.Context, o Options) error {
 		FailRotation: failRotationHook(),
 		Callbacks: opamp.Callbacks{
 			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a); rep.changed(a.ProjectID) },
-			RolloutResult:     rollout.Result,
 			OnPackageStatuses: rel.OnPackageStatuses,
 		},
 	})
@@ -204,6 +203,7 @@ func Run(ctx context.Context, o Options) error {
 		// because it is not authenticated.
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		log.Warn("FLEETPROF_DEBUG_PPROF=1: /debug/pprof/ is served without authentication")
 	}
 	mux.HandleFunc("GET /api/v1/version", func(w http.ResponseWriter, r *http.Request) {

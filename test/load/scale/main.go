@@ -305,6 +305,18 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	profiled := make(chan struct{})
 	if profilePush != "" {
 		go func() { defer close(profiled); fetchProfile(f.url, profilePush, profileSeconds) }()
+		go func() {
+			// Where the fleet's goroutines wait: an execution trace of
+			// the push's first seconds (go tool trace -pprof=sync|syscall).
+			time.Sleep(2 * time.Second)
+			resp, err := http.Get(f.url + "/debug/pprof/trace?seconds=5")
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			_ = os.WriteFile(profilePush+".trace", b, 0o644)
+		}()
 	} else {
 		close(profiled)
 	}
