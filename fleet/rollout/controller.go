@@ -1014,11 +1014,9 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, now time.Ti
 		}
 	}
 	// The agents still assigned in this stage (through the rollout's
-	// rows: later steps of a big stage read few agents), then the rows.
-	// In that order: a report settles its row at any time, from assigned
-	// to a result and never back, so a row still assigned after the
-	// listing was assigned during it, and its agent is missing from the
-	// listing only if it was deleted.
+	// rows: later steps of a big stage read few agents), then the rows
+	// (written only under mu, so the two agree: an assigned row whose
+	// agent is not listed is a deleted agent).
 	list, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true,
 		InRollout: &store.RolloutSlice{RolloutID: r.ID, Stage: r.Stage, State: AgentAssigned}})
 	if err != nil {
