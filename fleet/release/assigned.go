@@ -8,7 +8,7 @@ import (
 // assigned is the manager's memory of which agents have a release
 // assignment, and for which version, so that a status report of an agent
 // with none, or one that runs its assigned version, costs no store read
-// (a config push to 19,000 agents is 38,000 reports; a fleet restart is
+// (a config push to 19,000 agents is 19,000 reports or more; a restart is
 // 19,000, and almost no agent has a release assignment). Only agents that
 // have an assignment are kept, with interned version strings.
 //

@@ -181,7 +181,7 @@ func (m *Manager) pushedReset(id string) {
 
 // Status reports of agents without a release assignment, or running the
 // version they are assigned, read nothing from the store (a config push
-// to a 19,000-agent fleet is 38,000 reports); an agent assigned another
+// to a 19,000-agent fleet is 19,000 reports or more); an agent assigned another
 // version than it runs still gets its offer, and so does an agent whose
 // assignment another replica changed (AssignmentChanged).
 func TestStatusReportsSkipStoreReads(t *testing.T) {

@@ -434,7 +434,7 @@ func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, f
 	}
 	if !full && a.ConfigStatus != "" {
 		// The agent reports on the very config pushed to it (APPLYING,
-		// APPLIED, FAILED): at 19,000 agents a push is 38,000 reports.
+		// APPLIED, FAILED): at 19,000 agents a push is 19,000 reports or more.
 		c.qmu.Lock()
 		rec, ok := c.pushed[id]
 		c.qmu.Unlock()

@@ -456,7 +456,7 @@ func TestApplyRejectsBadInput(t *testing.T) {
 }
 
 // A report of the config last pushed to an agent needs no assignment read
-// (a push to 19,000 agents is 38,000 reports); an assignment changed
+// (a push to 19,000 agents is 19,000 reports or more); an assignment changed
 // elsewhere arrives with AssignmentChanged, which reads it and pushes.
 func TestReportOfPushedConfigSkipsAssignmentRead(t *testing.T) {
 	e := newEnv(t)
