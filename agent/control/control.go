@@ -568,8 +568,8 @@ func (c *Client) onMessage(cl client.OpAMPClient) func(context.Context, *types.M
 }
 
 // applyingAfter is how long applying a remote config may take before the
-// agent reports APPLYING.
-const applyingAfter = 250 * time.Millisecond
+// agent reports APPLYING (a variable for tests).
+var applyingAfter = 250 * time.Millisecond
 
 func (c *Client) applyRemoteConfig(ctx context.Context, cl client.OpAMPClient, rc *protobufs.AgentRemoteConfig) {
 	c.mu.Lock()

@@ -41,17 +41,22 @@ func TestApplyingOnlyWhenSlow(t *testing.T) {
 		applied  = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED
 		failed   = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED
 	)
+	// Thresholds far from the apply's duration either way, so that a
+	// loaded CI machine cannot turn one case into the other.
+	defer func(d time.Duration) { applyingAfter = d }(applyingAfter)
 	for _, tc := range []struct {
-		name  string
-		delay time.Duration
-		fail  bool
-		want  []protobufs.RemoteConfigStatuses
+		name      string
+		threshold time.Duration
+		delay     time.Duration
+		fail      bool
+		want      []protobufs.RemoteConfigStatuses
 	}{
-		{"quick", 0, false, []protobufs.RemoteConfigStatuses{applied}},
-		{"quick failure", 0, true, []protobufs.RemoteConfigStatuses{failed}},
-		{"slow", 2 * applyingAfter, false, []protobufs.RemoteConfigStatuses{applying, applied}},
+		{"quick", time.Minute, 0, false, []protobufs.RemoteConfigStatuses{applied}},
+		{"quick failure", time.Minute, 0, true, []protobufs.RemoteConfigStatuses{failed}},
+		{"slow", 10 * time.Millisecond, 2 * time.Second, false, []protobufs.RemoteConfigStatuses{applying, applied}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			applyingAfter = tc.threshold
 			o := Options{FleetURL: "http://127.0.0.1:1", BootstrapToken: "boot", StateDir: t.TempDir()}
 			o.Callbacks.OnRemoteConfig = func(ctx context.Context, rc *protobufs.AgentRemoteConfig) ([]byte, error) {
 				time.Sleep(tc.delay)
@@ -66,8 +71,7 @@ func TestApplyingOnlyWhenSlow(t *testing.T) {
 			}
 			rec := &statusRecorder{}
 			c.applyRemoteConfig(t.Context(), rec, &protobufs.AgentRemoteConfig{ConfigHash: []byte{1, 2, 3}})
-			time.Sleep(2 * applyingAfter) // a late APPLYING would show now
-			got := rec.got()
+			got := rec.got() // the timer is stopped: nothing comes later
 			if len(got) != len(tc.want) {
 				t.Fatalf("reported %v, want %v", got, tc.want)
 			}
