@@ -182,7 +182,7 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 			c.qmu.Unlock()
 			for id, q := range batch {
 				select {
-				case jobs <- job{id: id, agent: q.agent, full: q.full, asg: q.asg}:
+				case jobs <- job{id: id, queued: q}:
 				case <-ctx.Done():
 					return
 				}
@@ -283,11 +283,10 @@ const (
 	quietEvery = 2 * time.Second
 )
 
+// job is a queued check handed to a worker.
 type job struct {
-	id    string
-	agent *store.Agent
-	full  bool
-	asg   *store.Assignment
+	id string
+	queued
 }
 
 // queued is an agent waiting for a config check. full: its assignment
@@ -309,17 +308,19 @@ func (c *Controller) OnAgentStatus(a *store.Agent) {
 	if a == nil {
 		return
 	}
+	cp := *a
 	c.qmu.Lock()
 	if c.watch[a.ConfigHash] {
+		// Its result, kept for the next step.
 		if state, msg, ok := settled(a); ok {
 			c.results[a.ID] = report{hash: a.ConfigHash, state: state, msg: msg}
 		} else {
 			delete(c.results, a.ID)
 		}
 	}
+	c.queueLocked(a.ID, &cp, false, nil)
 	c.qmu.Unlock()
-	cp := *a
-	c.enqueue(a.ID, &cp, false)
+	c.signalQueue()
 	if a.ConfigStatus == "APPLIED" || a.ConfigStatus == "FAILED" {
 		// A stage may be over: evaluate soon rather than at the next tick.
 		c.wake()
@@ -344,6 +345,13 @@ func (c *Controller) enqueue(id string, a *store.Agent, full bool) {
 // agent; a later enqueue without one makes the check read it again.
 func (c *Controller) enqueueAssigned(id string, a *store.Agent, full bool, asg *store.Assignment) {
 	c.qmu.Lock()
+	c.queueLocked(id, a, full, asg)
+	c.qmu.Unlock()
+	c.signalQueue()
+}
+
+// queueLocked merges a check into the queue; qmu is held.
+func (c *Controller) queueLocked(id string, a *store.Agent, full bool, asg *store.Assignment) {
 	q := c.queue[id]
 	q.full = q.full || full
 	q.asg = asg
@@ -351,7 +359,10 @@ func (c *Controller) enqueueAssigned(id string, a *store.Agent, full bool, asg *
 		q.agent = a
 	}
 	c.queue[id] = q
-	c.qmu.Unlock()
+}
+
+// signalQueue wakes the dispatcher of queued checks.
+func (c *Controller) signalQueue() {
 	select {
 	case c.signal <- struct{}{}:
 	default:

@@ -575,7 +575,7 @@ func TestUnseenReportIsJudged(t *testing.T) {
 	e.clk.add(quietEvery / 2)
 	e.step()
 	if st := e.status(r.ID); st.Status != StatusCompleted {
-		t.Errorf("after fullEvery: %s, want completed", st.Status)
+		t.Errorf("after quietEvery without progress: %s, want completed", st.Status)
 	}
 }
 
