@@ -109,6 +109,12 @@ type Server struct {
 	byJTI  map[string][]*conn // credential id → connections using it
 	locks  sync.Map           // agent id → *sync.Mutex serializing record updates
 	closed bool
+	// busy counts handlers doing store work (by mu; idle signals zero);
+	// drained is set once Shutdown has waited for them, after which
+	// handlers skip store work: the store may be closed.
+	busy    int
+	idle    *sync.Cond
+	drained bool
 
 	pending atomic.Int64
 	// scanAt is when scanExpiring must look at the connections again
@@ -121,11 +127,37 @@ type Server struct {
 	jobs   chan func()
 }
 
-// work runs f on one of the server's store workers and waits for it.
-func (s *Server) work(f func()) {
+// work runs f on one of the server's store workers and waits for it. It
+// reports false, without running f, once Shutdown has drained the
+// handlers.
+func (s *Server) work(f func()) bool {
+	if !s.begin() {
+		return false
+	}
+	defer s.end()
 	done := make(chan struct{})
 	s.jobs <- func() { defer close(done); f() }
 	<-done
+	return true
+}
+
+// begin counts a handler's store work in, unless Shutdown drained them.
+func (s *Server) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drained {
+		return false
+	}
+	s.busy++
+	return true
+}
+
+func (s *Server) end() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy--; s.busy == 0 {
+		s.idle.Broadcast()
+	}
 }
 
 func (s *Server) worker() {
@@ -205,6 +237,7 @@ func New(o Options) (*Server, error) {
 	}
 	o.Callbacks.SetDefaults()
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, jobs: make(chan func())}
+	s.idle = sync.NewCond(&s.mu)
 	// Enough concurrent store calls for the group commit of agent
 	// updates to fill its batches in a reconnect storm.
 	for i := 0; i < storeWorkers; i++ {
@@ -373,6 +406,10 @@ func (c *conn) onClose(types.Connection) {
 	}
 	s.m.connected.Set(float64(len(s.conns)))
 	s.mu.Unlock()
+	if !s.begin() {
+		return // shut down: the next start marks every agent disconnected
+	}
+	defer s.end()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
@@ -481,7 +518,7 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 	// Store work runs on a bounded pool of workers; the store's time limit
 	// starts when a worker takes the message, not while it waits in a
 	// reconnect storm (a message that waited is not the store's fault).
-	s.work(func() {
+	ran := s.work(func() {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		switch c.claims.Kind() {
@@ -491,6 +528,9 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 			offer, err = c.update(ctx, msg)
 		}
 	})
+	if !ran {
+		return resp // shutting down: the connection is being closed
+	}
 	if err != nil {
 		var re refusal
 		if errors.As(err, &re) {
@@ -976,7 +1016,9 @@ func (s *Server) closeCredential(jti string) {
 	}
 }
 
-// Shutdown refuses new connections and closes every open one.
+// Shutdown refuses new connections, closes every open one and waits for
+// the handlers' store work in flight, after which handlers skip store
+// work: the caller may close the store.
 func (s *Server) Shutdown() {
 	s.mu.Lock()
 	s.closed = true
@@ -991,4 +1033,12 @@ func (s *Server) Shutdown() {
 		}
 	}
 	s.poll.stop()
+	// Handlers still doing store work finish (each within its own
+	// timeout) before Shutdown returns, so the caller may close the store.
+	s.mu.Lock()
+	for s.busy > 0 {
+		s.idle.Wait()
+	}
+	s.drained = true
+	s.mu.Unlock()
 }
