@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprof/fleetprof/test/fleettest"
 	"github.com/fleetprof/fleetprof/test/harness"
 )
 
@@ -36,6 +37,7 @@ func TestMain(m *testing.M) {
 	if kube != nil {
 		_ = kube.Close()
 	}
+	fleettest.RemoveBinaries()
 	os.Exit(code)
 }
 

@@ -67,6 +67,22 @@ func Binaries(t testing.TB) string {
 	return binDir
 }
 
+// Main runs a package's tests and then removes the binaries Binaries
+// built (about 80 MB per test process). Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	RemoveBinaries()
+	os.Exit(code)
+}
+
+// RemoveBinaries removes the binaries Binaries built, for a TestMain that
+// has more to do than Main.
+func RemoveBinaries() {
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+}
+
 // FreeAddr returns a loopback address with a free port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()

@@ -1,0 +1,9 @@
+package browser
+
+import (
+	"testing"
+
+	"github.com/fleetprof/fleetprof/test/fleettest"
+)
+
+func TestMain(m *testing.M) { fleettest.Main(m) }
