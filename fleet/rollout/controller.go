@@ -734,11 +734,7 @@ func (c *Controller) advance(ctx context.Context, r *store.Rollout) error {
 	for range 2*r.Stages + 2 {
 		switch {
 		case r.Stages == 0:
-			ras, err := rows()
-			if err != nil {
-				return err
-			}
-			return c.complete(ctx, r, ras, now)
+			return c.complete(ctx, r, now)
 		case r.Stage < 0 || r.NextStageAt != nil:
 			k := 0
 			if r.Stage >= 0 {
@@ -1089,7 +1085,7 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, now time.Ti
 				return false, ras, err
 			}
 		}
-		return true, ras, c.complete(ctx, r, ras, now)
+		return true, ras, c.complete(ctx, r, now)
 	case open == 0:
 		next.NextStageAt = ptr(now.Add(r.WavePause))
 		over = true
@@ -1158,18 +1154,14 @@ func (c *Controller) result(r *store.Rollout, a *store.Agent, timedOut bool) (st
 
 // complete marks r completed and gives its config to the agents it now
 // wins for but did not reach (hosts that enrolled meanwhile).
-func (c *Controller) complete(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, now time.Time) error {
+func (c *Controller) complete(ctx context.Context, r *store.Rollout, now time.Time) error {
 	next := *r
 	next.Status, next.NextStageAt, next.Reason = StatusCompleted, nil, ""
 	if next.Stage < 0 {
 		next.Stage = max(r.Stages-1, 0)
 	}
-	in := map[string]bool{}
-	for _, ra := range ras {
-		in[ra.AgentID] = true
-	}
 	sel := c.selector(r.Selector)
-	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return !in[a.ID] && sel.Matches(a.Labels) }})
+	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, NotInRollout: r.ID, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
 	if err != nil {
 		return err
 	}

@@ -247,6 +247,9 @@ func TestStagesWithWavePauses(t *testing.T) {
 	if got := e.fl.pushes("s1"); len(got) != 0 {
 		t.Fatalf("wave 1 pushed during the pause: %v", got)
 	}
+	// A host that enrolls while the rollout runs is in none of its
+	// stages: completing the rollout assigns it the config.
+	e.agent("s8", systemd(8))
 	e.clk.add(time.Second)
 	e.step()
 	e.step()
@@ -269,6 +272,12 @@ func TestStagesWithWavePauses(t *testing.T) {
 	}
 	if got := e.fl.pushes("k0"); len(got) != 0 {
 		t.Errorf("kubernetes agent got %v, want nothing", got)
+	}
+	if got := e.assigned("s8"); got != r.ConfigHash {
+		t.Errorf("agent enrolled during the rollout is assigned %q, want the rollout's config", got)
+	}
+	if got := e.assigned("k0"); got != "" {
+		t.Errorf("kubernetes agent is assigned %q, want nothing", got)
 	}
 
 	// A host that enrolls later gets the config of its selector.

@@ -121,6 +121,10 @@ type AgentFilter struct {
 	// listing every agent of the project (a rollout step at 19,000 agents
 	// needs only those it still waits for).
 	InRollout *RolloutSlice
+	// NotInRollout keeps only the agents that have no row in the rollout
+	// of this id (a completing rollout's late agents), filtered in the
+	// store: their records are read, not every agent's.
+	NotInRollout string
 }
 
 // RolloutSlice names the agents of one rollout in one stage and state.

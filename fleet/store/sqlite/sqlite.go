@@ -466,6 +466,10 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 		where = append(where, `id IN (SELECT agent_id FROM rollout_agents WHERE rollout_id = ? AND stage = ? AND state = ?)`)
 		args = append(args, r.RolloutID, r.Stage, r.State)
 	}
+	if f.NotInRollout != "" {
+		where = append(where, `id NOT IN (SELECT agent_id FROM rollout_agents WHERE rollout_id = ?)`)
+		args = append(args, f.NotInRollout)
+	}
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}

@@ -514,6 +514,18 @@ func testRolloutCounts(t *testing.T, s store.Store) {
 	if list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "other", InRollout: &store.RolloutSlice{RolloutID: "r9", Stage: 1, State: "waiting"}}); err != nil || len(list) != 0 {
 		t.Errorf("InRollout with another project: %d agents, %v; want none", len(list), err)
 	}
+
+	// The agents a completing rollout did not reach: none of its rows.
+	for _, brief := range []bool{false, true} {
+		list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "p", Brief: brief, NotInRollout: "r9"})
+		must(t, err)
+		if len(list) != 1 || list[0].ID != "a5" || list[0].Labels["n"] != "a5" || !list[0].Connected {
+			t.Errorf("ListAgents NotInRollout r9 (brief %v): got %+v, want a5 with its fields", brief, list)
+		}
+	}
+	if list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "p", NotInRollout: "none"}); err != nil || len(list) != 5 {
+		t.Errorf("NotInRollout of a rollout without rows: %d agents, %v; want all 5", len(list), err)
+	}
 }
 
 func testRollouts(t *testing.T, s store.Store) {
