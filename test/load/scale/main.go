@@ -149,7 +149,7 @@ type fleet struct {
 }
 
 func (f *fleet) start() error {
-	f.cmd = exec.Command(f.bin, "serve", "--data-dir", f.dir, "--http-address", f.addr, "--log-level", "error")
+	f.cmd = exec.Command(f.bin, "serve", "--data-dir", f.dir, "--http-address", f.addr, "--log-level", fleetLogLevel)
 	f.cmd.Env = append(os.Environ(), "FLEETPROF_DEBUG_PPROF=1")
 	f.cmd.Stderr = os.Stderr
 	if err := f.cmd.Start(); err != nil {
@@ -510,6 +510,7 @@ func run() error {
 	flag.StringVar(&profilePush, "profile-push", "", "write a CPU profile of the fleet during the config push to this file")
 	flag.IntVar(&profileSeconds, "profile-seconds", 5, "length of the push profile")
 	flag.StringVar(&profileStorm, "profile-storm", "", "write a CPU profile of the restarted fleet during the reconnect storm to this file")
+	flag.StringVar(&fleetLogLevel, "fleet-log-level", "error", "the fleet's --log-level (its log goes to stderr; info shows the rollout's steps with times)")
 	flag.BoolVar(&progress, "progress", false, "print the rollout's progress every 0.5 s of the push to stderr")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
@@ -574,8 +575,10 @@ func run() error {
 // config push is written (-profile-push).
 var (
 	profilePush, profileIdle, profileStorm string
-	progress                               bool
-	profileSeconds                         int
+	// fleetLogLevel is the fleet's --log-level (-fleet-log-level).
+	fleetLogLevel  string
+	progress       bool
+	profileSeconds int
 )
 
 func fetchProfile(url, path string, seconds int) {
