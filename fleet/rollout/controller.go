@@ -93,7 +93,9 @@ type Controller struct {
 	// results holds the results this replica's agents reported for the
 	// configs of running stages (watch), until a step writes them.
 	results map[string]report
-	watch   map[string]bool
+	// watch holds the config hashes of running stages, each with when
+	// this replica last heard a report of it (zero: not yet).
+	watch   map[string]time.Time
 	queue   map[string]queued // agent id → latest record (nil: load), full check
 	pushed  map[string]pushRec
 	signal  chan struct{}
@@ -133,7 +135,7 @@ func New(o Options) (*Controller, error) {
 	return &Controller{
 		o: o, st: o.Store, log: o.Logger, started: o.Now(),
 		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, stages: map[string]*stageState{},
-		results: map[string]report{}, watch: map[string]bool{},
+		results: map[string]report{}, watch: map[string]time.Time{},
 		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
 	}, nil
@@ -276,8 +278,12 @@ type report struct{ hash, state, msg string }
 // Between those judgements a step settles the agents whose reports this
 // replica saw (OnAgentStatus), from memory. The stage is judged whole at
 // its start, when the settled agents could end it, on timeout, every
-// fullEvery, and after quietEvery without progress, so results reported
-// to other replicas (or before this replica led) arrive too.
+// fullEvery, and after quietEvery without progress (no agent settled and
+// no report of the config heard), so results reported to other replicas
+// (or before this replica led) arrive too. Reports heard but not yet
+// settled count as progress: under load the fleet stores reports behind
+// the agents sending them, and a judgement of 19,000 agents every
+// quietEvery then took the CPU the stores needed.
 const (
 	fullEvery  = 10 * time.Second
 	quietEvery = 2 * time.Second
@@ -310,7 +316,8 @@ func (c *Controller) OnAgentStatus(a *store.Agent) {
 	}
 	cp := *a
 	c.qmu.Lock()
-	if c.watch[a.ConfigHash] {
+	if _, ok := c.watch[a.ConfigHash]; ok {
+		c.watch[a.ConfigHash] = c.o.Now()
 		// Its result, kept for the next step.
 		if state, msg, ok := settled(a); ok {
 			c.results[a.ID] = report{hash: a.ConfigHash, state: state, msg: msg}
@@ -699,10 +706,12 @@ func (c *Controller) Step(ctx context.Context) {
 		}
 	}
 	for h := range watch {
-		c.watch[h] = true
+		if _, ok := c.watch[h]; !ok {
+			c.watch[h] = time.Time{}
+		}
 	}
 	for id, rep := range c.results {
-		if !c.watch[rep.hash] {
+		if _, ok := c.watch[rep.hash]; !ok {
 			delete(c.results, id)
 		}
 	}
@@ -924,7 +933,9 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	apply(ras, ch.Agents)
 	c.track(r, ras, now)
 	c.qmu.Lock()
-	c.watch[r.ConfigHash] = true // before the pushes: their reports count
+	if _, ok := c.watch[r.ConfigHash]; !ok {
+		c.watch[r.ConfigHash] = time.Time{} // before the pushes: their reports count
+	}
 	c.qmu.Unlock()
 	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
 	for _, as := range ch.Assign {
@@ -1013,8 +1024,11 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, now time.Ti
 		deadline = ptr(c.started)
 	}
 	timedOut := now.Sub(*deadline) >= c.o.AgentTimeout
+	c.qmu.Lock()
+	heard := c.watch[r.ConfigHash]
+	c.qmu.Unlock()
 	if st := c.stages[r.ID]; st != nil && st.stage == r.Stage && !timedOut && now.Sub(st.fullAt) < fullEvery &&
-		(now.Sub(st.progressAt) < quietEvery || now.Sub(st.fullAt) < quietEvery) {
+		(now.Sub(st.progressAt) < quietEvery || now.Sub(heard) < quietEvery || now.Sub(st.fullAt) < quietEvery) {
 		over, err := c.settleReported(ctx, r, st, now)
 		if err != nil || !over {
 			return false, nil, err

@@ -588,6 +588,44 @@ func TestUnseenReportIsJudged(t *testing.T) {
 	}
 }
 
+// TestReportsHeardDelayTheQuietJudgement: reports of the stage's config
+// that this replica hears but that settle nobody yet (an agent still
+// applying) count as progress, so no whole-stage judgement reads the
+// agents while they arrive; once they stop, quietEvery later, it does.
+func TestReportsHeardDelayTheQuietJudgement(t *testing.T) {
+	e := newEnv(t)
+	for i := range 3 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	e.fl.mute["s2"] = true
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.step() // the stage starts; s0 and s1 report
+	e.step() // and are settled
+	rc := &readCounter{Store: e.st}
+	e.c.st = rc
+	applying, err := e.st.AgentByID(t.Context(), "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	applying.ConfigHash, applying.ConfigStatus = r.ConfigHash, "APPLYING"
+	for range 6 {
+		e.clk.add(quietEvery / 2)
+		e.c.OnAgentStatus(applying)
+		e.step()
+	}
+	if la, _ := rc.reads(); la != 0 {
+		t.Errorf("3 quiet periods with reports heard: %d agent listings, want none", la)
+	}
+	e.clk.add(quietEvery)
+	e.step()
+	if la, _ := rc.reads(); la != 1 {
+		t.Errorf("quietEvery after the last report: %d agent listings, want the whole-stage judgement", la)
+	}
+	if st := e.status(r.ID); st.Status != StatusRunning {
+		t.Errorf("rollout %s, want running (s2 still applying)", st.Status)
+	}
+}
+
 // TestRunningConfigSettledAtStart: an agent that already runs the
 // config is settled when its stage starts: no push, no report needed.
 func TestRunningConfigSettledAtStart(t *testing.T) {
