@@ -307,9 +307,9 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		go func() { defer close(profiled); fetchProfile(f.url, profilePush, profileSeconds) }()
 		go func() {
 			// Where the fleet's goroutines wait: an execution trace of
-			// the push's first seconds (go tool trace -pprof=sync|syscall).
-			time.Sleep(2 * time.Second)
-			resp, err := http.Get(f.url + "/debug/pprof/trace?seconds=5")
+			// the push, as long as the profile (go tool trace, or
+			// go tool trace -pprof=sched|sync|syscall).
+			resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/trace?seconds=%d", f.url, profileSeconds))
 			if err != nil {
 				return
 			}
@@ -333,7 +333,8 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		}
 		if progress && time.Since(lastProgress) >= 500*time.Millisecond {
 			lastProgress = time.Now()
-			fmt.Fprintf(os.Stderr, "push %5.1fs: %s %v (connected %v)\n", time.Since(t0).Seconds(), st.Status, st.Counts, metric(f.url, "fleetprof_opamp_connected_agents"))
+			fmt.Fprintf(os.Stderr, "push %5.1fs: %s %v (connected %v, messages %v)\n", time.Since(t0).Seconds(), st.Status, st.Counts,
+				metric(f.url, "fleetprof_opamp_connected_agents"), metric(f.url, "fleetprof_opamp_messages_total"))
 		}
 		if st.Status == "completed" {
 			r.push = time.Since(t0)
