@@ -84,6 +84,10 @@ type Controller struct {
 	// stages is what the steps of each running rollout's stage work from
 	// between two judgements of the stage agent by agent (by mu).
 	stages map[string]*stageState
+	// listed is the brief records of the targets the last Apply listed
+	// (by mu), which the rollout's first stage start takes instead of
+	// listing them again when it follows within listedFor.
+	listed *listedTargets
 
 	cmu     sync.Mutex
 	configs map[string]*store.ConfigVersion // immutable, by id
@@ -197,6 +201,10 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 		t0 := time.Now()
 		if c.o.Leader == nil || c.o.Leader() {
 			c.Step(ctx)
+		} else {
+			c.mu.Lock()
+			c.dropListed(c.o.Now())
+			c.mu.Unlock()
 		}
 		// Reports wake the loop early, but it rests at least Tick/10 and
 		// twice as long as the step took, up to 2 Ticks, so a burst of
@@ -257,6 +265,29 @@ func (c *Controller) seed(ctx context.Context) {
 			}
 		}
 		c.qmu.Unlock()
+	}
+}
+
+// listedTargets are the brief records of a new rollout's targets, as
+// Apply listed them.
+type listedTargets struct {
+	rollout string
+	at      time.Time
+	briefs  map[string]*store.Agent
+}
+
+// listedFor is how long Apply's listing of the targets stands in for the
+// first stage start's. What it may miss is harmless: an agent that
+// started running the config meanwhile is pushed it again (and reports
+// it), and stage-start pushes do not trust a brief's connected flag
+// (reconcile).
+const listedFor = 10 * time.Second
+
+// dropListed forgets Apply's listing once it is too old to use (mu held):
+// on a replica that does not lead, no stage start takes it.
+func (c *Controller) dropListed(now time.Time) {
+	if c.listed != nil && now.Sub(c.listed.at) >= listedFor {
+		c.listed = nil
 	}
 }
 
@@ -444,7 +475,11 @@ func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, f
 			return
 		}
 	}
-	if !a.Connected {
+	if !a.Connected && asg == nil {
+		// (A stage start's push, which comes with the assignment, is
+		// tried whatever its brief record says: the record may be older
+		// than the agent's connection. Send fails at once for an agent
+		// not connected here.)
 		c.qmu.Lock()
 		delete(c.pushed, id)
 		c.qmu.Unlock()
@@ -614,7 +649,7 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 		WavePause: req.WavePause, MaxFailurePercent: req.MaxFailurePercent, Stage: -1, Status: StatusPending,
 		CreatedBy: req.Actor, CreatedAt: now, UpdatedAt: now,
 	}
-	targets, err := c.targets(ctx, r, sel)
+	targets, briefs, err := c.targets(ctx, r, sel)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -631,6 +666,7 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 	if err := c.st.CreateRollout(ctx, r, ras); err != nil {
 		return nil, nil, err
 	}
+	c.listed = &listedTargets{rollout: r.ID, at: now, briefs: briefs}
 	c.log.Info("rollout created", zap.String("rollout", r.ID), zap.String("selector", r.Selector), zap.Int("config_version", cv.Version),
 		zap.Int("agents", len(targets)), zap.Ints("stages", sizes))
 	c.wake()
@@ -639,15 +675,16 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 
 // targets lists the agents r selects and would own: those whose labels
 // match and for which no other live rollout wins the conflict rule. The
-// order (by id) fixes who is in the canary.
-func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector.Selector) ([]string, error) {
+// order (by id) fixes who is in the canary. It also returns their brief
+// records, by id.
+func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector.Selector) ([]string, map[string]*store.Agent, error) {
 	agents, err := c.st.ListAgents(ctx, store.AgentFilter{ProjectID: r.ProjectID, Brief: true, Match: func(a *store.Agent) bool { return sel.Matches(a.Labels) }})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	others, err := c.st.ListRollouts(ctx, store.RolloutFilter{ProjectID: r.ProjectID, Statuses: []string{StatusPending, StatusRunning, StatusPaused, StatusCompleted}})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var stronger []*store.Rollout
 	for _, o := range others {
@@ -656,6 +693,7 @@ func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector
 		}
 	}
 	var out []string
+	briefs := make(map[string]*store.Agent, len(agents))
 	for _, a := range agents {
 		owned := false
 		for _, o := range stronger {
@@ -666,10 +704,11 @@ func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector
 		}
 		if !owned {
 			out = append(out, a.ID)
+			briefs[a.ID] = a
 		}
 	}
 	sort.Strings(out)
-	return out, nil
+	return out, briefs, nil
 }
 
 // Step evaluates every live rollout once: starts stages whose time has
@@ -678,6 +717,7 @@ func (c *Controller) targets(ctx context.Context, r *store.Rollout, sel selector
 func (c *Controller) Step(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dropListed(c.o.Now())
 	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{Statuses: []string{StatusPending, StatusRunning}})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -891,12 +931,18 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 		}
 	}
 	// The stage's agents as they are now, by their brief records
-	// (connected, config state, labels), read in one listing: an agent
-	// already running the config is settled here, as no report will come
-	// from it; the others' pushes are judged by them.
-	briefs, err := c.briefs(ctx, r.ProjectID, stage)
-	if err != nil {
+	// (connected, config state, labels), read in one listing (or taken
+	// from Apply's, just made): an agent already running the config is
+	// settled here, as no report will come from it; the others' pushes
+	// are judged by them.
+	var briefs map[string]*store.Agent
+	if l := c.listed; l != nil && l.rollout == r.ID && now.Sub(l.at) < listedFor {
+		briefs = l.briefs
+	} else if briefs, err = c.briefs(ctx, r.ProjectID, stage); err != nil {
 		return err
+	}
+	if c.listed != nil && c.listed.rollout == r.ID {
+		c.listed = nil
 	}
 	push := map[string]bool{}
 	for _, ra := range ras {

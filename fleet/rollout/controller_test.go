@@ -626,6 +626,86 @@ func TestReportsHeardDelayTheQuietJudgement(t *testing.T) {
 	}
 }
 
+// TestFirstStageTakesApplysListing: a stage start right after Apply
+// takes Apply's listing of the targets instead of listing them again;
+// the next stage, or a first stage started after listedFor, lists.
+func TestFirstStageTakesApplysListing(t *testing.T) {
+	e := newEnv(t)
+	for i := range 5 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	rc := &readCounter{Store: e.st}
+	e.c.st = rc
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 2, 0, 0, 0)
+	la0, _ := rc.reads()
+	e.step() // the canary (s0, s1) starts, is pushed and reports
+	if la, _ := rc.reads(); la != la0 {
+		t.Errorf("canary start right after Apply: %d agent listings, want none", la-la0)
+	}
+	for _, id := range []string{"s0", "s1"} {
+		if got := e.fl.pushes(id); len(got) != 1 {
+			t.Fatalf("canary %s got pushes %v, want one", id, got)
+		}
+	}
+	e.step() // the canary passes
+	la0, _ = rc.reads()
+	e.step() // wave 1 starts: Apply's listing is spent
+	if la, _ := rc.reads(); la == la0 {
+		t.Error("wave 1 start listed no agents: it may not use Apply's listing twice")
+	}
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Fatalf("rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+
+	// A first stage started long after Apply lists the agents again.
+	r2 := e.apply("sampling: {frequency_hz: 29}\n", "platform=systemd", 0, 0, 0, 0)
+	e.clk.add(listedFor)
+	la0, _ = rc.reads()
+	e.step()
+	if la, _ := rc.reads(); la == la0 {
+		t.Errorf("stage start %s after Apply listed no agents", listedFor)
+	}
+	e.step()
+	if st := e.status(r2.ID); st.Status != StatusCompleted {
+		t.Fatalf("second rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+}
+
+// TestStageStartPushesWhateverTheBriefSays: an agent whose record said
+// disconnected when Apply listed the targets, but that connected since,
+// is pushed the config by the stage start, which took Apply's listing
+// (the push is tried; it fails at once for an agent not connected).
+func TestStageStartPushesWhateverTheBriefSays(t *testing.T) {
+	e := newEnv(t)
+	e.agent("s0", systemd(0))
+	a, err := e.st.AgentByID(t.Context(), "s0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Connected = false
+	if err := e.st.UpsertAgent(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	// s0 connects now, before the stage starts; it runs no config.
+	if a, err = e.st.AgentByID(t.Context(), "s0"); err != nil {
+		t.Fatal(err)
+	}
+	a.Connected = true
+	if err := e.st.UpsertAgent(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	e.step()
+	if got := e.fl.pushes("s0"); len(got) != 1 || got[0] != r.ConfigHash {
+		t.Fatalf("s0 got pushes %v, want the rollout's config", got)
+	}
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted {
+		t.Errorf("rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+}
+
 // TestRunningConfigSettledAtStart: an agent that already runs the
 // config is settled when its stage starts: no push, no report needed.
 func TestRunningConfigSettledAtStart(t *testing.T) {
