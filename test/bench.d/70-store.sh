@@ -33,6 +33,11 @@ END {
     if (s == "" || q == "") continue
     printf "| %s | %.0f | %.0f | %.2f |\n", ops[i], 1e9 / s, 1e9 / q, s / q
   }
+  s = ns["sqlite/StageStart"]; q = ns["postgres/StageStart"]
+  if (s != "" && q != "") {
+    print ""
+    printf "A rollout stage start of 2,000 agents (`StageStart`: their rollout rows and config assignments in one transaction, %d rows per statement): SQLite %.1f µs per agent, PostgreSQL %.1f µs per agent (PostgreSQL at %.2f× the SQLite rate).\n", 500, s / 2000 / 1000, q / 2000 / 1000, s / q
+  }
   print ""
   print "PostgreSQL pays a network round trip and a WAL flush per commit; its worth is"
   print "that several fleet replicas share it (leader lease, shared keys, cross-replica"

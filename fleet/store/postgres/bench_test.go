@@ -75,6 +75,38 @@ func BenchmarkWrites(b *testing.B) {
 				}
 			})
 		})
+		b.Run(be.name+"/StageStart", func(b *testing.B) {
+			// One rollout stage start of stageAgents agents: their rows
+			// and assignments in one ApplyRolloutChange.
+			s := be.open(b)
+			defer s.Close()
+			const stageAgents = 2000
+			cv := &store.ConfigVersion{ID: "c1", ProjectID: "p", Hash: "h1", YAML: "x", CreatedAt: storetest.Now}
+			if err := s.CreateConfigVersion(b.Context(), cv); err != nil {
+				b.Fatal(err)
+			}
+			ras := make([]*store.RolloutAgent, stageAgents)
+			for i := range ras {
+				ras[i] = &store.RolloutAgent{RolloutID: "r1", AgentID: fmt.Sprintf("a%05d", i), State: "waiting", UpdatedAt: storetest.Now}
+			}
+			if err := s.CreateRollout(b.Context(), storetest.Rollout("r1", "p", cv), ras); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				ch := &store.RolloutChange{}
+				for _, ra := range ras {
+					u := *ra
+					u.State, u.Error = "assigned", fmt.Sprint(i)
+					ch.Agents = append(ch.Agents, &u)
+					ch.Assign = append(ch.Assign, &store.Assignment{AgentID: ra.AgentID, ProjectID: "p", ConfigID: cv.ID, ConfigHash: cv.Hash, RolloutID: "r1", UpdatedAt: storetest.Now})
+				}
+				if err := s.ApplyRolloutChange(b.Context(), ch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*stageAgents), "ns/agent")
+		})
 		b.Run(be.name+"/CreateToken", func(b *testing.B) {
 			s := be.open(b)
 			defer s.Close()

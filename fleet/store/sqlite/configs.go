@@ -158,23 +158,22 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(tx *sql.Tx) error
 }
 
 func setAssignments(ctx context.Context, tx *sql.Tx, as []*store.Assignment) error {
-	if len(as) == 0 {
-		return nil
-	}
-	st, err := tx.PrepareContext(ctx, `INSERT INTO config_assignments(`+assignCols+`) VALUES (?,?,?,?,?,?)
-		ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
-		config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	for _, a := range as {
-		if a.UpdatedAt.IsZero() {
-			a.UpdatedAt = time.Now().UTC()
+	as = store.LastByKey(as, func(a *store.Assignment) string { return a.AgentID })
+	for len(as) > 0 {
+		n := min(len(as), store.RowsPerInsert)
+		args := make([]any, 0, 6*n)
+		for _, a := range as[:n] {
+			if a.UpdatedAt.IsZero() {
+				a.UpdatedAt = time.Now().UTC()
+			}
+			args = append(args, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, ms(a.UpdatedAt))
 		}
-		if _, err := st.ExecContext(ctx, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, ms(a.UpdatedAt)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO config_assignments(`+assignCols+`) VALUES `+store.Values(n, 6)+`
+			ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
+			config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`, args...); err != nil {
 			return err
 		}
+		as = as[n:]
 	}
 	return nil
 }
@@ -225,23 +224,24 @@ func (s *Store) CreateRollout(ctx context.Context, r *store.Rollout, agents []*s
 }
 
 func upsertRolloutAgents(ctx context.Context, tx *sql.Tx, agents []*store.RolloutAgent) error {
-	if len(agents) == 0 {
-		return nil
-	}
-	st, err := tx.PrepareContext(ctx, `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
-		VALUES (?,?,?,?,?,?,?) ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
-		previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	for _, a := range agents {
-		if a.UpdatedAt.IsZero() {
-			a.UpdatedAt = time.Now().UTC()
+	// Many rows per statement: a stage start of 19,000 agents was 19,000
+	// statements.
+	agents = store.LastByKey(agents, func(a *store.RolloutAgent) string { return a.RolloutID + "\x00" + a.AgentID })
+	for len(agents) > 0 {
+		n := min(len(agents), store.RowsPerInsert)
+		args := make([]any, 0, 7*n)
+		for _, a := range agents[:n] {
+			if a.UpdatedAt.IsZero() {
+				a.UpdatedAt = time.Now().UTC()
+			}
+			args = append(args, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, ms(a.UpdatedAt))
 		}
-		if _, err := st.ExecContext(ctx, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, ms(a.UpdatedAt)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
+			VALUES `+store.Values(n, 7)+` ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
+			previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`, args...); err != nil {
 			return err
 		}
+		agents = agents[n:]
 	}
 	return nil
 }

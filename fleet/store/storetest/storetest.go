@@ -37,6 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ConfigVersions", testConfigVersions},
 		{"Rollouts", testRollouts},
 		{"RolloutCounts", testRolloutCounts},
+		{"RolloutBatches", testRolloutBatches},
 		{"Users", testUsers},
 		{"Releases", testReleases},
 	} {
@@ -525,6 +526,62 @@ func testRolloutCounts(t *testing.T, s store.Store) {
 	}
 	if list, err := s.ListAgents(ctx, store.AgentFilter{ProjectID: "p", NotInRollout: "none"}); err != nil || len(list) != 5 {
 		t.Errorf("NotInRollout of a rollout without rows: %d agents, %v; want all 5", len(list), err)
+	}
+}
+
+// testRolloutBatches: a rollout change larger than one multi-row
+// statement (store.RowsPerInsert), with an agent listed twice (the last
+// row wins), writes every row and assignment.
+func testRolloutBatches(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	cv := &store.ConfigVersion{ID: "cbb", ProjectID: "p", Hash: "bb", YAML: "x", CreatedAt: Now}
+	must(t, s.CreateConfigVersion(ctx, cv))
+	n := 2*store.RowsPerInsert + 7
+	var ras []*store.RolloutAgent
+	for i := range n {
+		ras = append(ras, &store.RolloutAgent{RolloutID: "rb", AgentID: fmt.Sprintf("a%05d", i), Stage: i % 3, State: "waiting", UpdatedAt: Now})
+	}
+	r := Rollout("rb", "p", cv)
+	must(t, s.CreateRollout(ctx, r, ras))
+	ch := &store.RolloutChange{}
+	for i, ra := range ras {
+		u := *ra
+		u.State, u.PreviousConfigID, u.UpdatedAt = "assigned", "prev", Now.Add(time.Second)
+		ch.Agents = append(ch.Agents, &u)
+		ch.Assign = append(ch.Assign, &store.Assignment{AgentID: ra.AgentID, ProjectID: "p", ConfigID: cv.ID, ConfigHash: cv.Hash, RolloutID: "rb", UpdatedAt: Now})
+		if i == 3 {
+			ch.Agents = append(ch.Agents, &store.RolloutAgent{RolloutID: "rb", AgentID: ra.AgentID, Stage: ra.Stage, State: "failed", Error: "later", UpdatedAt: Now.Add(2 * time.Second)})
+			ch.Assign = append(ch.Assign, &store.Assignment{AgentID: ra.AgentID, ProjectID: "p", ConfigID: cv.ID, ConfigHash: "later", RolloutID: "rb", UpdatedAt: Now})
+		}
+	}
+	must(t, s.ApplyRolloutChange(ctx, ch))
+	got, err := s.ListRolloutAgents(ctx, "rb")
+	must(t, err)
+	if len(got) != n {
+		t.Fatalf("%d rows after the change, want %d", len(got), n)
+	}
+	for _, ra := range got {
+		want := "assigned"
+		if ra.AgentID == "a00003" {
+			want = "failed"
+		}
+		if ra.State != want || (want == "assigned" && ra.PreviousConfigID != "prev") {
+			t.Fatalf("row %+v: want state %s", ra, want)
+		}
+	}
+	asgs, err := s.ListAssignments(ctx, "p")
+	must(t, err)
+	if len(asgs) != n {
+		t.Fatalf("%d assignments, want %d", len(asgs), n)
+	}
+	for _, a := range asgs {
+		want := cv.Hash
+		if a.AgentID == "a00003" {
+			want = "later"
+		}
+		if a.ConfigHash != want {
+			t.Fatalf("assignment %+v: want hash %s", a, want)
+		}
 	}
 }
 
