@@ -685,6 +685,7 @@ func (a *API) listAgents(r *http.Request) (any, error) {
 	if agents == nil {
 		agents = []*store.Agent{}
 	}
+	shown(agents...)
 	q := r.URL.Query()
 	if !q.Has("limit") && !q.Has("offset") {
 		return agents, nil
@@ -721,6 +722,14 @@ type AgentPage struct {
 type AgentRow struct {
 	*store.Agent
 	State string `json:"state"`
+}
+
+// shown blanks, in agent records read for an answer, what the console
+// never shows: the recorded hash of the agent's credential.
+func shown(ags ...*store.Agent) {
+	for _, ag := range ags {
+		ag.CredentialHash = ""
+	}
 }
 
 // sortAgents orders by a field (id, hostname, platform, version, state,
@@ -785,7 +794,14 @@ func (a *API) agent(r *http.Request) (*store.Agent, error) {
 	return ag, nil
 }
 
-func (a *API) getAgent(r *http.Request) (any, error) { return a.agent(r) }
+func (a *API) getAgent(r *http.Request) (any, error) {
+	ag, err := a.agent(r)
+	if err != nil {
+		return nil, err
+	}
+	shown(ag)
+	return ag, nil
+}
 
 func (a *API) revokeAgent(r *http.Request) (any, error) {
 	ag, err := a.agent(r)

@@ -164,11 +164,19 @@ func (e *env) fixture() *fixture {
 func TestRoles(t *testing.T) {
 	e := newEnv(t)
 	f := e.fixture()
-	ag := &store.Agent{ID: "agent-1", ProjectID: f.projA, Hostname: "h1", Labels: map[string]string{"cluster": "east"}, Connected: true, Healthy: true}
+	ag := &store.Agent{ID: "agent-1", ProjectID: f.projA, Hostname: "h1", Labels: map[string]string{"cluster": "east"}, Connected: true, Healthy: true,
+		CredentialID: "c1", CredentialHash: "0f0f0f0f"}
 	if err := e.st.UpsertAgent(t.Context(), ag); err != nil {
 		t.Fatal(err)
 	}
 	pa := "/api/v1/projects/" + f.projA
+	// The recorded hash of an agent's credential is never shown.
+	for _, path := range []string{pa + "/agents", pa + "/agents?limit=10", pa + "/agents/agent-1", "/api/v1/agents"} {
+		code, body := e.call(f.keys["admin"], "GET", path, nil)
+		if code != 200 || !strings.Contains(string(body), `"credentialId":"c1"`) || strings.Contains(string(body), "0f0f0f0f") || strings.Contains(string(body), "credentialHash") {
+			t.Errorf("GET %s: HTTP %d %s; want the agent without its credential hash", path, code, body)
+		}
+	}
 	calls := []struct {
 		name         string
 		method, path string

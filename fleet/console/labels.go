@@ -93,6 +93,7 @@ func (a *API) setLabels(r *http.Request) (any, error) {
 			continue
 		}
 		res.Updated++
+		shown(ag)
 		res.Agents = append(res.Agents, ag)
 	}
 	err = errors.Join(errs...)

@@ -167,12 +167,13 @@ func (s *Server) worker() {
 }
 
 type metrics struct {
-	connected   prometheus.Gauge
-	rejected    *prometheus.CounterVec
-	enrollments prometheus.Counter
-	recordCache *prometheus.CounterVec
-	messages    prometheus.Counter
-	offers      *prometheus.CounterVec
+	connected        prometheus.Gauge
+	rejected         *prometheus.CounterVec
+	enrollments      prometheus.Counter
+	recordCache      *prometheus.CounterVec
+	messages         prometheus.Counter
+	offers           *prometheus.CounterVec
+	credentialChecks *prometheus.CounterVec
 }
 
 // conn is the state of one OpAMP connection.
@@ -198,6 +199,9 @@ type conn struct {
 	// it, kept from one status report to the next (updateAgentVia);
 	// onMessage's goroutine only.
 	rec *store.Agent
+	// sum is the hex token.Sum of the connection's token, recorded in
+	// the agent's record with the credential it proves.
+	sum string
 }
 
 // New creates the server.
@@ -244,7 +248,9 @@ func New(o Options) (*Server, error) {
 		go s.worker()
 	}
 	s.m = metrics{
-		connected:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetprof_opamp_connected_agents", Help: "Agents holding a WebSocket connection."}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fleetprof_opamp_connected_agents", Help: "Agents holding a WebSocket connection."}),
+		credentialChecks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_checks_total",
+			Help: "WebSocket connections accepted, by how their token was checked: its signature, or the agent credential's recorded SHA-256 (recorded)."}, []string{"how"}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_rejected_total", Help: "OpAMP connections refused, by HTTP status."}, []string{"code"}),
 		enrollments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_enrollments_total", Help: "Agents enrolled with a bootstrap token."}),
 		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read) or kept by the connection since its last report (hit)."}, []string{"source"}),
@@ -252,7 +258,7 @@ func New(o Options) (*Server, error) {
 		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
 	}
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers} {
+		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers, s.m.credentialChecks} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register opamp metrics: %w", err)
 			}
@@ -358,7 +364,8 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.String("reason", "no bearer token"))
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
-	claims, err := s.o.Auth.Verify(r.Context(), raw)
+	sum := token.Sum(raw)
+	claims, rec, err := s.verify(r.Context(), raw, sum, ws)
 	if err == nil {
 		switch claims.Kind() {
 		case token.KindBootstrap, token.KindAgent:
@@ -370,7 +377,7 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
-	c = &conn{s: s, claims: claims, ws: ws}
+	c = &conn{s: s, claims: claims, ws: ws, sum: hex.EncodeToString(sum[:]), rec: rec}
 	return types.ConnectionResponse{Accept: true, ConnectionCallbacks: types.ConnectionCallbacks{
 		OnConnected:       c.onConnected,
 		OnMessage:         c.onMessage,
@@ -379,6 +386,57 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 			s.log.Debug("malformed opamp frame", zap.String("agent", c.agentID), zap.Int("bytes", len(b)), zap.Error(err))
 		},
 	}}, c
+}
+
+// verify authenticates a connection's token (sum is its token.Sum). A
+// WebSocket agent's credential is checked against the agent's record:
+// when the record holds the sum of this very credential (written when
+// the fleet first accepted it), the signature is not checked again, and
+// the record, read for that, is kept for the first status report, which
+// would read it anyway. A reconnect storm after a restart is then one
+// record read and one hash per agent, not an Ed25519 verification more.
+// Plain-HTTP agents, whose every poll is a request, are verified fully:
+// a record read per poll would cost more than it saves.
+func (s *Server) verify(ctx context.Context, raw string, sum [32]byte, ws bool) (*token.Claims, *store.Agent, error) {
+	if !ws {
+		claims, err := s.o.Auth.Verify(ctx, raw)
+		return claims, nil, err
+	}
+	var rec *store.Agent
+	fast := false
+	claims, err := s.o.Auth.VerifyRecorded(ctx, raw, func(c *token.Claims) ([32]byte, bool) {
+		// c is unverified: only the record it names is read.
+		if c.Kind() != token.KindAgent || c.Subject == "" || len(c.Subject) > 64 || !s.begin() {
+			return [32]byte{}, false
+		}
+		a, err := s.o.Store.AgentByID(ctx, c.Subject)
+		s.end() // (Shutdown waits for store work in flight)
+		if err != nil {
+			return [32]byte{}, false
+		}
+		rec = a
+		var recorded [32]byte
+		if a.CredentialID != c.ID || hex.DecodedLen(len(a.CredentialHash)) != len(recorded) {
+			return recorded, false
+		}
+		if _, err := hex.Decode(recorded[:], []byte(a.CredentialHash)); err != nil {
+			return recorded, false
+		}
+		fast = recorded == sum
+		return recorded, true
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	how := "signature"
+	if fast {
+		how = "recorded"
+	}
+	s.m.credentialChecks.WithLabelValues(how).Inc()
+	if rec != nil && rec.ID != claims.Subject {
+		rec = nil
+	}
+	return claims, rec, nil
 }
 
 func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
@@ -724,6 +782,9 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		case a.CredentialID == "":
 			a.CredentialID, a.CredentialExpiresAt = jti, c.expiry()
 		}
+		if jti == a.CredentialID {
+			a.CredentialHash = c.sum
+		}
 		if a.RotationStatus == "pending" && jti == a.CredentialID && !failed && !c.offered.Load() {
 			// A candidate was issued but this connection never saw it
 			// (e.g. the fleet restarted): offer a new one.
@@ -820,7 +881,7 @@ func changed(b, a *store.Agent, lastWrite, now time.Time) bool {
 	}
 	if b.Connected != a.Connected || b.Healthy != a.Healthy || b.Health != a.Health || b.Version != a.Version ||
 		b.Platform != a.Platform || b.Hostname != a.Hostname || b.ConfigHash != a.ConfigHash || b.ConfigStatus != a.ConfigStatus ||
-		b.ConfigError != a.ConfigError || b.EffectiveConfig != a.EffectiveConfig || b.CredentialID != a.CredentialID ||
+		b.ConfigError != a.ConfigError || b.EffectiveConfig != a.EffectiveConfig || b.CredentialID != a.CredentialID || b.CredentialHash != a.CredentialHash ||
 		b.PendingCredentialID != a.PendingCredentialID || b.RotationStatus != a.RotationStatus || b.RotationError != a.RotationError {
 		return true
 	}

@@ -25,6 +25,7 @@ type fixture struct {
 	srv  *Server
 	http *httptest.Server
 	st   *sqlite.Store
+	auth *auth.Authenticator
 	boot string
 	proj string
 }
@@ -65,7 +66,7 @@ func newFixture(t testing.TB, o Options) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{srv: srv, http: hs, st: st, boot: boot, proj: "p1"}
+	return &fixture{srv: srv, http: hs, st: st, auth: au, boot: boot, proj: "p1"}
 }
 
 var uid = []byte("0123456789abcdef")

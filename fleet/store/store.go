@@ -69,9 +69,14 @@ type Agent struct {
 
 	CredentialID        string     `json:"credentialId"`
 	CredentialExpiresAt *time.Time `json:"credentialExpiresAt,omitempty"`
-	PendingCredentialID string     `json:"pendingCredentialId,omitempty"`
-	RotationStatus      string     `json:"rotationStatus,omitempty"` // "", pending, rotated, failed
-	RotationError       string     `json:"rotationError,omitempty"`
+	// CredentialHash is the hex SHA-256 (token.Sum) of the credential
+	// CredentialID names, recorded when the fleet accepted it: a
+	// reconnect with that exact token needs no signature check. Never
+	// shown by the console.
+	CredentialHash      string `json:"credentialHash,omitempty"`
+	PendingCredentialID string `json:"pendingCredentialId,omitempty"`
+	RotationStatus      string `json:"rotationStatus,omitempty"` // "", pending, rotated, failed
+	RotationError       string `json:"rotationError,omitempty"`
 	// Revoked is set when an operator revoked the agent: its bootstrap
 	// token cannot enroll it again until it is re-admitted.
 	Revoked bool `json:"revoked,omitempty"`

@@ -1,0 +1,99 @@
+package opamp
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestReconnectWithRecordedCredential: the first connection with an
+// agent's credential is verified by signature and records the
+// credential's SHA-256 in the agent's record; a reconnect with the same
+// credential is accepted on that record (no signature check), and its
+// first report needs no record read. A token that is not the recorded
+// one is verified in full, and a revoked credential is refused though
+// its sum is recorded.
+func TestReconnectWithRecordedCredential(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, Options{Registerer: reg})
+	checks := func(how string) float64 {
+		return counterVec(t, reg, "fleetprof_opamp_credential_checks_total", how)
+	}
+	c := dialWS(t, f, f.boot)
+	sendMsg(t, c, enrollMsg("recorded"))
+	cred := strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
+	c.Close()
+
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg("recorded"))
+	readMsg(t, a)
+	sum := sha256.Sum256([]byte(cred))
+	want := hex.EncodeToString(sum[:])
+	waitFor(t, "the credential's sum recorded", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.CredentialHash == want
+	})
+	if got := checks("signature"); got != 2 { // the bootstrap token, then the credential
+		t.Errorf("%v connections verified by signature, want 2", got)
+	}
+	a.Close()
+	waitFor(t, "disconnect", func() bool { return len(f.srv.Connected()) == 0 })
+
+	reads := func() float64 { return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "read") }
+	r0 := reads()
+	b := dialWS(t, f, cred)
+	if got := checks("recorded"); got != 1 {
+		t.Fatalf("reconnect with the recorded credential: %v checked on the record, want 1", got)
+	}
+	sendMsg(t, b, enrollMsg("recorded again"))
+	readMsg(t, b)
+	waitFor(t, "report stored", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.Hostname == "recorded again"
+	})
+	if r := reads() - r0; r != 0 {
+		t.Errorf("first report after a recorded reconnect: %v record reads, want 0 (the connect read it)", r)
+	}
+	b.Close()
+	waitFor(t, "disconnect", func() bool { return len(f.srv.Connected()) == 0 })
+
+	// Same claims, another signature: not the recorded token, refused.
+	parts := strings.Split(cred, ".")
+	forged := parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
+	if code := dialCode(t, f, forged); code != http.StatusUnauthorized {
+		t.Errorf("forged credential: HTTP %d, want 401", code)
+	}
+
+	// Revoked: refused though its sum is recorded.
+	ag, err := f.st.AgentByID(t.Context(), uidHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.auth.Revoke(t.Context(), ag.CredentialID); err != nil {
+		t.Fatal(err)
+	}
+	if code := dialCode(t, f, cred); code != http.StatusUnauthorized {
+		t.Errorf("revoked recorded credential: HTTP %d, want 401", code)
+	}
+}
+
+// dialCode dials a WebSocket with tok and returns the HTTP status of a
+// refused handshake (101 when accepted).
+func dialCode(t *testing.T, f *fixture, tok string) int {
+	t.Helper()
+	u := "ws" + strings.TrimPrefix(f.http.URL, "http") + Path
+	c, resp, err := websocket.DefaultDialer.Dial(u, http.Header{"Authorization": {"Bearer " + tok}})
+	if err == nil {
+		c.Close()
+		return http.StatusSwitchingProtocols
+	}
+	if resp == nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return resp.StatusCode
+}
