@@ -565,10 +565,10 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 
 	if c.claims.Kind() == token.KindAgent && c.quiet(msg, s.o.Now()) {
 		// Most messages of a fleet: nothing to store, nothing to answer.
-		// The record kept from the last status report goes: an idle
-		// agent holds none (a push's APPLYING and APPLIED, back to back,
-		// share one read).
-		c.rec = nil
+		// The record kept from the last status report stays (about 1.3
+		// KiB per agent): the next report, a push's APPLIED most likely,
+		// starts from it instead of a store read, which was a fifth of
+		// the fleet's CPU in a push to 19,000 agents.
 		return resp
 	}
 	var offer *protobufs.ConnectionSettingsOffers
@@ -842,7 +842,6 @@ func (c *conn) heartbeat(msg *protobufs.AgentToServer) bool {
 	}
 	c.s.m.messages.Inc()
 	c.lastSeq = msg.SequenceNum
-	c.rec = nil // as onMessage's quiet path
 	return true
 }
 
