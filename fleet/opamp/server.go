@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/open-telemetry/opamp-go/protobufs"
 	opampserver "github.com/open-telemetry/opamp-go/server"
 	"github.com/open-telemetry/opamp-go/server/types"
@@ -104,11 +105,16 @@ type Server struct {
 	handler http.Handler
 	connCtx opampserver.ConnContext
 
-	mu     sync.Mutex
-	conns  map[string]*conn   // agent id → live WebSocket connection
-	byJTI  map[string][]*conn // credential id → connections using it
-	locks  sync.Map           // agent id → *sync.Mutex serializing record updates
-	closed bool
+	mu    sync.Mutex
+	conns map[string]*conn   // agent id → live WebSocket connection
+	byJTI map[string][]*conn // credential id → connections using it
+	locks sync.Map           // agent id → *sync.Mutex serializing record updates
+	// recorded holds each agent's current credential with the sum
+	// recorded for it (verify), by instance uid: 64 bytes of key and
+	// value an agent.
+	recMu    sync.RWMutex
+	recorded map[[16]byte]recordedCredential
+	closed   bool
 	// busy counts handlers doing store work (by mu; idle signals zero);
 	// drained is set once Shutdown has waited for them, after which
 	// handlers skip store work: the store may be closed.
@@ -240,7 +246,7 @@ func New(o Options) (*Server, error) {
 		o.RotationRate = 100
 	}
 	o.Callbacks.SetDefaults()
-	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, jobs: make(chan func())}
+	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, recorded: map[[16]byte]recordedCredential{}, jobs: make(chan func())}
 	s.idle = sync.NewCond(&s.mu)
 	// Enough concurrent store calls for the group commit of agent
 	// updates to fill its batches in a reconnect storm.
@@ -365,7 +371,7 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
 	sum := token.Sum(raw)
-	claims, rec, err := s.verify(r.Context(), raw, sum, ws)
+	claims, err := s.verify(r.Context(), raw, sum, ws)
 	if err == nil {
 		switch claims.Kind() {
 		case token.KindBootstrap, token.KindAgent:
@@ -377,7 +383,7 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
-	c = &conn{s: s, claims: claims, ws: ws, sum: hex.EncodeToString(sum[:]), rec: rec}
+	c = &conn{s: s, claims: claims, ws: ws, sum: hex.EncodeToString(sum[:])}
 	return types.ConnectionResponse{Accept: true, ConnectionCallbacks: types.ConnectionCallbacks{
 		OnConnected:       c.onConnected,
 		OnMessage:         c.onMessage,
@@ -389,54 +395,117 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 }
 
 // verify authenticates a connection's token (sum is its token.Sum). A
-// WebSocket agent's credential is checked against the agent's record:
-// when the record holds the sum of this very credential (written when
-// the fleet first accepted it), the signature is not checked again, and
-// the record, read for that, is kept for the first status report, which
-// would read it anyway. A reconnect storm after a restart is then one
-// record read and one hash per agent, not an Ed25519 verification more.
-// Plain-HTTP agents, whose every poll is a request, are verified fully:
-// a record read per poll would cost more than it saves.
-func (s *Server) verify(ctx context.Context, raw string, sum [32]byte, ws bool) (*token.Claims, *store.Agent, error) {
+// WebSocket agent's credential is checked against the credential this
+// fleet recorded for the agent (its jti and sum, held in memory, loaded
+// at start by LoadRecorded and kept as the fleet records credentials):
+// the very token the fleet accepted before needs no second signature
+// check. A reconnect storm after a restart is then a hash and a map
+// lookup per agent, not an Ed25519 verification. A record that is stale
+// (another replica rotated the credential) only means a full check.
+// Plain-HTTP agents, whose every poll is a request, are verified fully,
+// as are bootstrap tokens.
+func (s *Server) verify(ctx context.Context, raw string, sum [32]byte, ws bool) (*token.Claims, error) {
 	if !ws {
-		claims, err := s.o.Auth.Verify(ctx, raw)
-		return claims, nil, err
+		return s.o.Auth.Verify(ctx, raw)
 	}
-	var rec *store.Agent
 	fast := false
 	claims, err := s.o.Auth.VerifyRecorded(ctx, raw, func(c *token.Claims) ([32]byte, bool) {
-		// c is unverified: only the record it names is read.
-		if c.Kind() != token.KindAgent || c.Subject == "" || len(c.Subject) > 64 || !s.begin() {
+		// c is unverified: it only names the record to compare with.
+		if c.Kind() != token.KindAgent {
 			return [32]byte{}, false
 		}
-		a, err := s.o.Store.AgentByID(ctx, c.Subject)
-		s.end() // (Shutdown waits for store work in flight)
-		if err != nil {
+		r, ok := s.recordedFor(c.Subject, c.ID)
+		if !ok {
 			return [32]byte{}, false
 		}
-		rec = a
-		var recorded [32]byte
-		if a.CredentialID != c.ID || hex.DecodedLen(len(a.CredentialHash)) != len(recorded) {
-			return recorded, false
-		}
-		if _, err := hex.Decode(recorded[:], []byte(a.CredentialHash)); err != nil {
-			return recorded, false
-		}
-		fast = recorded == sum
-		return recorded, true
+		fast = r == sum
+		return r, true
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	how := "signature"
 	if fast {
 		how = "recorded"
 	}
 	s.m.credentialChecks.WithLabelValues(how).Inc()
-	if rec != nil && rec.ID != claims.Subject {
-		rec = nil
+	return claims, nil
+}
+
+// recordedCredential is an agent's current credential as recorded: its
+// jti (a UUID) and the SHA-256 of the token.
+type recordedCredential struct {
+	jti [16]byte
+	sum [32]byte
+}
+
+// recordedFor returns the sum recorded for the agent's credential jti.
+func (s *Server) recordedFor(agentID, jti string) ([32]byte, bool) {
+	var id [16]byte
+	if len(agentID) != 32 {
+		return [32]byte{}, false
 	}
-	return claims, rec, nil
+	if _, err := hex.Decode(id[:], []byte(agentID)); err != nil {
+		return [32]byte{}, false
+	}
+	j, err := uuid.Parse(jti)
+	if err != nil {
+		return [32]byte{}, false
+	}
+	s.recMu.RLock()
+	r, ok := s.recorded[id]
+	s.recMu.RUnlock()
+	if !ok || r.jti != j {
+		return [32]byte{}, false
+	}
+	return r.sum, true
+}
+
+// record notes an agent's current credential (jti and hex sum as stored).
+func (s *Server) record(agentID, jti, hexSum string) {
+	var (
+		id [16]byte
+		r  recordedCredential
+	)
+	if len(agentID) != 32 || len(hexSum) != 64 {
+		return
+	}
+	if _, err := hex.Decode(id[:], []byte(agentID)); err != nil {
+		return
+	}
+	if _, err := hex.Decode(r.sum[:], []byte(hexSum)); err != nil {
+		return
+	}
+	j, err := uuid.Parse(jti)
+	if err != nil {
+		return
+	}
+	r.jti = j
+	s.recMu.RLock()
+	same := s.recorded[id] == r
+	s.recMu.RUnlock()
+	if same {
+		return
+	}
+	s.recMu.Lock()
+	s.recorded[id] = r
+	s.recMu.Unlock()
+}
+
+// LoadRecorded loads the credentials the fleet recorded for its agents
+// (one listing), so that a restart's reconnect storm is checked on them;
+// until it ran, every credential is verified by its signature. It may
+// run while the server serves: an entry it writes over a newer one is
+// merely stale, which costs a full check.
+func (s *Server) LoadRecorded(ctx context.Context) error {
+	creds, err := s.o.Store.ListAgentCredentials(ctx)
+	if err != nil {
+		return fmt.Errorf("load recorded agent credentials: %w", err)
+	}
+	for _, c := range creds {
+		s.record(c.AgentID, c.CredentialID, c.CredentialHash)
+	}
+	return nil
 }
 
 func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
@@ -809,6 +878,9 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	}
 	if a != nil {
 		c.lastWrite = now
+		if a.CredentialHash != "" {
+			s.record(a.ID, a.CredentialID, a.CredentialHash)
+		}
 		s.o.Callbacks.OnAgentStatus(a)
 		c.steady = a.CredentialID == jti && a.PendingCredentialID == "" && a.RotationStatus != "pending" && !needOffer
 	}

@@ -140,6 +140,15 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	op.UseBus(rep.bus) // on-demand rotations reach agents on other replicas
+	// The agents' recorded credentials, loaded while the fleet starts
+	// serving (a restart listens at once): the reconnect storm is then
+	// checked without a signature verification per agent, but for the
+	// agents that come back before the listing is in.
+	go func() {
+		if err := op.LoadRecorded(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("agent credentials will be verified by signature", zap.Error(err))
+		}
+	}()
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL, Bus: rep.bus})
 	popts := &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,

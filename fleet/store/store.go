@@ -112,6 +112,12 @@ func (a *Agent) Clone() *Agent {
 // Agent.Labels, never over these.
 var WellKnownLabels = []string{"platform", "node", "cluster", "version", "os", "kernel", "hostname", "arch"}
 
+// AgentCredential is an agent's current credential as its record names
+// it: the credential's jti and the hex SHA-256 the fleet recorded.
+type AgentCredential struct {
+	AgentID, CredentialID, CredentialHash string
+}
+
 // AgentFilter narrows ListAgents. Zero fields match everything.
 type AgentFilter struct {
 	ProjectID string
@@ -184,6 +190,10 @@ type Agents interface {
 	UpsertAgent(ctx context.Context, a *Agent) error
 	AgentByID(ctx context.Context, id string) (*Agent, error)
 	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
+	// ListAgentCredentials lists the current credential of every agent
+	// whose record holds its hash (Agent.CredentialHash), for a fleet
+	// replica's start.
+	ListAgentCredentials(ctx context.Context) ([]AgentCredential, error)
 	// MarkAllDisconnected clears Connected on the agents whose record
 	// was last written before before. A process that just started at
 	// before holds no agent; running it concurrently with reconnecting

@@ -533,6 +533,24 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	return out, rows.Err()
 }
 
+func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(doc->>'credentialId', ''), doc->>'credentialHash' FROM agents
+		WHERE COALESCE(doc->>'credentialHash', '') <> ''`)
+	if err != nil {
+		return nil, fmt.Errorf("list agent credentials: %w", err)
+	}
+	defer rows.Close()
+	var out []store.AgentCredential
+	for rows.Next() {
+		var c store.AgentCredential
+		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash); err != nil {
+			return nil, fmt.Errorf("list agent credentials: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = jsonb_set(doc, '{connected}', 'false'::jsonb), row_version = row_version + 1 WHERE doc->'connected' = 'true'::jsonb AND updated_at < ?`, ms(before))
 	if err != nil {

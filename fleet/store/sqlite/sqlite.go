@@ -502,6 +502,24 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	return out, rows.Err()
 }
 
+func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(json_extract(doc, '$.credentialId'), ''), json_extract(doc, '$.credentialHash') FROM agents
+		WHERE COALESCE(json_extract(doc, '$.credentialHash'), '') != ''`)
+	if err != nil {
+		return nil, fmt.Errorf("list agent credentials: %w", full(err))
+	}
+	defer rows.Close()
+	var out []store.AgentCredential
+	for rows.Next() {
+		var c store.AgentCredential
+		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash); err != nil {
+			return nil, fmt.Errorf("list agent credentials: %w", full(err))
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
 	_, err := s.w.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1 AND updated_at < ?`, ms(before))
 	if err != nil {

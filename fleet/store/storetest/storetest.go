@@ -33,6 +33,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"UseTokenLimit", testUseTokenLimit},
 		{"Agents", testAgents},
 		{"AgentConflicts", testAgentConflicts},
+		{"AgentCredentials", testAgentCredentials},
 		{"Audit", testAudit},
 		{"ConfigVersions", testConfigVersions},
 		{"Rollouts", testRollouts},
@@ -317,6 +318,28 @@ func testAgents(t *testing.T, s store.Store) {
 // testAgentConflicts: stale versions and duplicate creates fail with
 // ErrConflict and leave the row and the caller's version alone; of
 // concurrent writers at one version exactly one wins.
+// testAgentCredentials: the recorded credentials of the agents whose
+// record holds a credential hash, and only those.
+func testAgentCredentials(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if got, err := s.ListAgentCredentials(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("empty store: %v, %v; want none", got, err)
+	}
+	a := Agent("a1", "p1")
+	a.CredentialID, a.CredentialHash = "j1", "00ff"
+	b := Agent("a2", "p2")
+	b.CredentialID = "j2" // no hash recorded (a record from before)
+	c := Agent("a3", "p1")
+	for _, ag := range []*store.Agent{a, b, c} {
+		must(t, s.UpsertAgent(ctx, ag))
+	}
+	got, err := s.ListAgentCredentials(ctx)
+	must(t, err)
+	if diff := cmp.Diff([]store.AgentCredential{{AgentID: "a1", CredentialID: "j1", CredentialHash: "00ff"}}, got); diff != "" {
+		t.Errorf("ListAgentCredentials (-want +got):\n%s", diff)
+	}
+}
+
 func testAgentConflicts(t *testing.T, s store.Store) {
 	ctx := t.Context()
 	a := Agent("a1", "p1")
