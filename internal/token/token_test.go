@@ -274,6 +274,39 @@ func FuzzVerify(f *testing.F) {
 	})
 }
 
+// FuzzVerifyRecorded: whatever the input, a token accepted on a
+// matching record (the worst case: the record holds its sum) names an
+// EdDSA key of the set and carries a jti and a project.
+func FuzzVerifyRecorded(f *testing.F) {
+	ks, err := OpenKeySet(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _, _ := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p", Subject: "a1", TTL: time.Hour})
+	parts := strings.Split(good, ".")
+	f.Add(good)
+	f.Add(parts[0] + "." + parts[1] + ".")
+	f.Add(b64(map[string]string{"alg": "none", "kid": ks.ActiveID()}) + "." + parts[1] + ".")
+	f.Add(parts[0] + "." + b64(map[string]any{"sub": "a1"}) + "." + parts[2])
+	f.Add("a.b.c")
+	f.Fuzz(func(t *testing.T, raw string) {
+		c, err := ks.VerifyRecorded(raw, time.Time{}, func(*Claims) ([32]byte, bool) { return Sum(raw), true })
+		if err != nil {
+			return
+		}
+		if c == nil || c.ID == "" || (!c.Admin && c.ProjectID == "") {
+			t.Fatalf("accepted a token without jti or project: %q → %+v", raw, c)
+		}
+		if _, ok := ks.verifier(c.KeyID); !ok {
+			t.Fatalf("accepted a token under kid %q, no live key: %q", c.KeyID, raw)
+		}
+		tok, _, err := jwt.NewParser().ParseUnverified(raw, &Claims{})
+		if err != nil || tok.Header["alg"] != "EdDSA" {
+			t.Fatalf("accepted a token that is not EdDSA: %q (%v)", raw, err)
+		}
+	})
+}
+
 // BenchmarkVerify: an agent credential's verification, which a reconnect
 // storm runs once per agent. recorded: the same credential checked
 // against its recorded sum (VerifyRecorded). decode: the claims alone
