@@ -136,7 +136,7 @@ func (s *Store) ListAssignments(ctx context.Context, projectID string) ([]*store
 }
 
 func (s *Store) SetAssignments(ctx context.Context, as []*store.Assignment) error {
-	return s.inTx(ctx, "set assignments", func(tx rtx) error { return setAssignments(ctx, tx, as) })
+	return s.inTx(ctx, "set assignments", func(tx rtx) error { return store.UpsertAssignments(ctx, tx, as) })
 }
 
 func (s *Store) inTx(ctx context.Context, what string, fn func(tx rtx) error) error {
@@ -153,27 +153,6 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(tx rtx) error) er
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-func setAssignments(ctx context.Context, tx rtx, as []*store.Assignment) error {
-	as = store.LastByKey(as, func(a *store.Assignment) string { return a.AgentID })
-	for len(as) > 0 {
-		n := min(len(as), store.RowsPerInsert)
-		args := make([]any, 0, 6*n)
-		for _, a := range as[:n] {
-			if a.UpdatedAt.IsZero() {
-				a.UpdatedAt = time.Now().UTC()
-			}
-			args = append(args, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, ms(a.UpdatedAt))
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO config_assignments(`+assignCols+`) VALUES `+store.Values(n, 6)+`
-			ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
-			config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`, args...); err != nil {
-			return err
-		}
-		as = as[n:]
 	}
 	return nil
 }
@@ -215,35 +194,12 @@ func (s *Store) CreateRollout(ctx context.Context, r *store.Rollout, agents []*s
 		if err != nil {
 			return err
 		}
-		return upsertRolloutAgents(ctx, tx, agents)
+		return store.UpsertRolloutAgents(ctx, tx, agents)
 	})
 	if err == nil {
 		r.RowVersion = 1
 	}
 	return err
-}
-
-func upsertRolloutAgents(ctx context.Context, tx rtx, agents []*store.RolloutAgent) error {
-	// Many rows per statement: a stage start of 19,000 agents was 19,000
-	// statements.
-	agents = store.LastByKey(agents, func(a *store.RolloutAgent) string { return a.RolloutID + "\x00" + a.AgentID })
-	for len(agents) > 0 {
-		n := min(len(agents), store.RowsPerInsert)
-		args := make([]any, 0, 7*n)
-		for _, a := range agents[:n] {
-			if a.UpdatedAt.IsZero() {
-				a.UpdatedAt = time.Now().UTC()
-			}
-			args = append(args, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, ms(a.UpdatedAt))
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
-			VALUES `+store.Values(n, 7)+` ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
-			previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`, args...); err != nil {
-			return err
-		}
-		agents = agents[n:]
-	}
-	return nil
 }
 
 func (s *Store) RolloutByID(ctx context.Context, id string) (*store.Rollout, error) {
@@ -345,10 +301,10 @@ func (s *Store) ApplyRolloutChange(ctx context.Context, ch *store.RolloutChange)
 				return fmt.Errorf("update rollout %s at version %d: %w", r.ID, r.RowVersion, store.ErrConflict)
 			}
 		}
-		if err := upsertRolloutAgents(ctx, tx, ch.Agents); err != nil {
+		if err := store.UpsertRolloutAgents(ctx, tx, ch.Agents); err != nil {
 			return err
 		}
-		if err := setAssignments(ctx, tx, ch.Assign); err != nil {
+		if err := store.UpsertAssignments(ctx, tx, ch.Assign); err != nil {
 			return err
 		}
 		for _, id := range ch.Unassign {
