@@ -1,7 +1,6 @@
 package opamp
 
 import (
-	"strings"
 	"testing"
 
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -39,10 +38,7 @@ func counterVec(t *testing.T, reg *prometheus.Registry, name, label string) floa
 func TestStatusReportsShareOneRead(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	f := newFixture(t, Options{Registerer: reg})
-	c := dialWS(t, f, f.boot)
-	sendMsg(t, c, enrollMsg("cached"))
-	cred := strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
-	c.Close()
+	cred := enrolled(t, f, "cached")
 	a := dialWS(t, f, cred)
 	sendMsg(t, a, enrollMsg("cached"))
 	readMsg(t, a)

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -25,10 +24,7 @@ func TestReconnectWithRecordedCredential(t *testing.T) {
 	checks := func(how string) float64 {
 		return counterVec(t, reg, "fleetprof_opamp_credential_checks_total", how)
 	}
-	c := dialWS(t, f, f.boot)
-	sendMsg(t, c, enrollMsg("recorded"))
-	cred := strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
-	c.Close()
+	cred := enrolled(t, f, "recorded")
 
 	a := dialWS(t, f, cred)
 	sendMsg(t, a, enrollMsg("recorded"))
@@ -67,12 +63,7 @@ func TestReconnectWithRecordedCredential(t *testing.T) {
 	if err := srv2.LoadRecorded(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle(Path, srv2.Handler())
-	hs := httptest.NewUnstartedServer(mux)
-	hs.Config.ConnContext = srv2.ConnContext
-	hs.Start()
-	defer func() { srv2.Shutdown(); hs.Close() }()
+	hs := serve(t, srv2)
 	c2, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + cred}})
 	if err != nil {
 		t.Fatal(err)

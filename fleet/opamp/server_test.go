@@ -52,12 +52,7 @@ func newFixture(t testing.TB, o Options) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle(Path, srv.Handler())
-	hs := httptest.NewUnstartedServer(mux)
-	hs.Config.ConnContext = srv.ConnContext
-	hs.Start()
-	t.Cleanup(func() { srv.Shutdown(); hs.Close() })
+	hs := serve(t, srv)
 	p := &store.Project{ID: "p1", Name: "p", CreatedAt: time.Now()}
 	if err := st.CreateProject(ctx, p); err != nil {
 		t.Fatal(err)
@@ -67,6 +62,18 @@ func newFixture(t testing.TB, o Options) *fixture {
 		t.Fatal(err)
 	}
 	return &fixture{srv: srv, http: hs, st: st, auth: au, boot: boot, proj: "p1"}
+}
+
+// serve serves srv at Path on a loopback test server until the test ends.
+func serve(t testing.TB, srv *Server) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle(Path, srv.Handler())
+	hs := httptest.NewUnstartedServer(mux)
+	hs.Config.ConnContext = srv.ConnContext
+	hs.Start()
+	t.Cleanup(func() { srv.Shutdown(); hs.Close() })
+	return hs
 }
 
 var uid = []byte("0123456789abcdef")

@@ -66,6 +66,16 @@ func readMsg(t *testing.T, c *websocket.Conn) *protobufs.ServerToAgent {
 	return out
 }
 
+// enrolled enrolls the test agent over a WebSocket with the bootstrap
+// token and returns the credential the fleet offered it.
+func enrolled(t *testing.T, f *fixture, host string) string {
+	t.Helper()
+	c := dialWS(t, f, f.boot)
+	defer c.Close()
+	sendMsg(t, c, enrollMsg(host))
+	return strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
+}
+
 func enrollMsg(host string) *protobufs.AgentToServer {
 	return &protobufs.AgentToServer{InstanceUid: uid, AgentDescription: describe.Encode(describe.Agent{Platform: "systemd", Hostname: host})}
 }
