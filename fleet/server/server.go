@@ -72,6 +72,11 @@ type Options struct {
 	Ready func(addr net.Addr)
 }
 
+// loadRecordedFor bounds the listing of recorded agent credentials at
+// start (about 150 ms at 19,000 agents): a slower store costs signature
+// checks, not a fleet that does not start.
+const loadRecordedFor = 5 * time.Second
+
 // Run serves until ctx ends, then shuts down gracefully.
 func Run(ctx context.Context, o Options) error {
 	log := o.Logger
@@ -140,15 +145,17 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	op.UseBus(rep.bus) // on-demand rotations reach agents on other replicas
-	// The agents' recorded credentials, loaded while the fleet starts
-	// serving (a restart listens at once): the reconnect storm is then
-	// checked without a signature verification per agent, but for the
-	// agents that come back before the listing is in.
-	go func() {
-		if err := op.LoadRecorded(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("agent credentials will be verified by signature", zap.Error(err))
-		}
-	}()
+	// The agents' recorded credentials, loaded before the fleet serves
+	// (agents that reconnect meanwhile wait in the listen queue): a
+	// reconnect storm is then checked without a signature verification
+	// per agent. Loaded in the background while serving, the listing
+	// took seconds behind the storm's handshakes at 19,000 agents, and
+	// 98% of them were verified by signature.
+	lctx, cancel := context.WithTimeout(ctx, loadRecordedFor)
+	if err := op.LoadRecorded(lctx); err != nil && ctx.Err() == nil {
+		log.Warn("agent credentials will be verified by signature", zap.Error(err))
+	}
+	cancel()
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL, Bus: rep.bus})
 	popts := &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -108,6 +109,15 @@ func TestEnrollRestartRevoke(t *testing.T) {
 		t.Fatal("token lost across fleet restart")
 	}
 	waitConnected(t, f, project, a.ID, true, 20*time.Second)
+	// The restarted fleet loaded the credential it had recorded for the
+	// agent before serving: the reconnect was checked on that record, not
+	// by a signature verification.
+	checks := func(how string) string {
+		return scrape(t, f.URL+"/metrics", `fleetprof_opamp_credential_checks_total{how="`+how+`"}`)
+	}
+	if got, sig := checks("recorded"), checks("signature"); got != "1" || sig != "" {
+		t.Errorf("reconnect after the fleet restart: %q checked on the record, %q by signature; want 1 and none", got, sig)
+	}
 
 	// Revoking the agent closes its connection within 5 s, and it cannot
 	// come back with that credential.
@@ -281,4 +291,25 @@ func TestBadTokenMatrix(t *testing.T) {
 		t.Fatalf("fleet unhealthy after the matrix: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// scrape returns the value of one sample (name with its labels) from a
+// Prometheus text page, or "" when the page has no such sample.
+func scrape(t *testing.T, url, sample string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			return v
+		}
+	}
+	return ""
 }

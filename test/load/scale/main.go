@@ -180,6 +180,9 @@ type result struct {
 	push            time.Duration
 	ready, recovery time.Duration
 	rej429, rej503  float64
+	// credentials checked in the storm against the fleet's record, and
+	// by signature (fleetprof_opamp_credential_checks_total)
+	recorded, signed float64
 }
 
 // workers starts the load processes for n agents.
@@ -373,6 +376,8 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	r.recovery = time.Since(killedAt)
 	r.rej429 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="429"}`), 0)
 	r.rej503 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="503"}`), 0)
+	r.recorded = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="recorded"}`), 0)
+	r.signed = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="signature"}`), 0)
 	return r, nil
 }
 
@@ -568,6 +573,7 @@ func run() error {
 		}),
 		ratio(fr.recovery.Seconds(), col2(br, func(r *result) float64 { return r.recovery.Seconds() })))
 	fmt.Printf("| handshakes refused during the storm (429 / 503 + Retry-After) | %.0f / %.0f | — | — |\n", fr.rej429, fr.rej503)
+	fmt.Printf("| credentials checked in the storm: on the fleet's record / by signature | %.0f / %.0f | — | — |\n", fr.recorded, fr.signed)
 	fmt.Printf("\nThe issue's reference for a bare opamp-go server on this machine class: 22–24 KiB per agent, 3.25%% of a core idle at 10k agents, a 1 KiB config to 10k agents in 0.35–0.4 s, 19,900 agents back 3.4–4.1 s after a kill. The fleet does the real work on top: every connect is authenticated (Ed25519 JWT, revocation check), every status change is written to SQLite, a config goes out as a rollout.\n")
 	return nil
 }
