@@ -414,20 +414,22 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	a.UpdatedAt = now
 	prev := a.RowVersion
 	a.RowVersion = prev + 1
-	doc, err := json.Marshal(a)
+	doc, err := store.EncodeAgent(a)
 	if err != nil {
 		a.RowVersion = prev
-		return fmt.Errorf("encode agent: %w", err)
+		return err
 	}
 	var res sql.Result
 	if prev == 0 {
-		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		res, err = s.db.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, credential_id, credential_hash, row_version, updated_at) VALUES (?,?,?,?,?,?,?)`,
+			a.ID, a.ProjectID, string(doc), a.CredentialID, store.CredentialHashColumn(a), a.RowVersion, ms(now))
 		if isUnique(err) {
 			a.RowVersion = prev
 			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
 		}
 	} else {
-		res, err = s.db.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`, a.ProjectID, string(doc), a.RowVersion, ms(now), a.ID, prev)
+		res, err = s.db.ExecContext(ctx, `UPDATE agents SET project_id = ?, doc = ?, credential_id = ?, credential_hash = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`,
+			a.ProjectID, string(doc), a.CredentialID, store.CredentialHashColumn(a), a.RowVersion, ms(now), a.ID, prev)
 	}
 	if err != nil {
 		a.RowVersion = prev
@@ -440,15 +442,6 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	return nil
 }
 
-func decodeAgent(doc string, ver int64) (*store.Agent, error) {
-	a := &store.Agent{}
-	if err := json.Unmarshal([]byte(doc), a); err != nil {
-		return nil, fmt.Errorf("decode agent: %w", err)
-	}
-	a.RowVersion = ver
-	return a, nil
-}
-
 func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) {
 	var doc string
 	var ver int64
@@ -459,7 +452,7 @@ func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) 
 	if err != nil {
 		return nil, fmt.Errorf("get agent: %w", err)
 	}
-	return decodeAgent(doc, ver)
+	return store.DecodeAgent(doc, ver)
 }
 
 // briefCols are the columns of a Brief agent listing (store.BriefFields),
@@ -522,7 +515,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 			if err := rows.Scan(&doc, &ver); err != nil {
 				return nil, fmt.Errorf("list agents: %w", err)
 			}
-			if a, err = decodeAgent(doc, ver); err != nil {
+			if a, err = store.DecodeAgent(doc, ver); err != nil {
 				return nil, err
 			}
 		}
@@ -534,8 +527,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 }
 
 func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(doc->>'credentialId', ''), doc->>'credentialHash' FROM agents
-		WHERE COALESCE(doc->>'credentialHash', '') <> ''`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, credential_id, credential_hash FROM agents WHERE credential_hash IS NOT NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("list agent credentials: %w", err)
 	}

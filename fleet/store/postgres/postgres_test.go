@@ -66,7 +66,7 @@ func TestConcurrentMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"0001_init", "0002_configs", "0003_users", "0004_releases", "0005_replicas", "0006_rollout_counts"}, got); diff != "" {
+	if diff := cmp.Diff([]string{"0001_init", "0002_configs", "0003_users", "0004_releases", "0005_replicas", "0006_rollout_counts", "0007_agent_credential"}, got); diff != "" {
 		t.Errorf("migrations (-want +got):\n%s", diff)
 	}
 }
@@ -222,5 +222,37 @@ func TestShareKeyDir(t *testing.T) {
 	}
 	if kc.ActiveID() != ka.ActiveID() {
 		t.Errorf("fresh dir got active key %s, want %s", kc.ActiveID(), ka.ActiveID())
+	}
+}
+
+// A database from before the credential columns (migration 0007) lists
+// the credentials its records hold once migrated.
+func TestCredentialColumnsFilledFromRecords(t *testing.T) {
+	dsn := pg.NewDatabase(t)
+	s := open(t, dsn)
+	a := storetest.Agent("a1", "p1")
+	a.CredentialID, a.CredentialHash = "j1", "00ff"
+	b := storetest.Agent("a2", "p1")
+	for _, ag := range []*store.Agent{a, b} {
+		if err := s.UpsertAgent(t.Context(), ag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Back to the schema before 0007: the records alone hold credentials.
+	for _, q := range []string{
+		`ALTER TABLE agents DROP COLUMN credential_id`,
+		`ALTER TABLE agents DROP COLUMN credential_hash`,
+		`DELETE FROM schema_migrations WHERE version = '0007_agent_credential'`,
+	} {
+		if _, err := s.DB().ExecContext(t.Context(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	got, err := open(t, dsn).ListAgentCredentials(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.AgentCredential{{AgentID: "a1", CredentialID: "j1", CredentialHash: "00ff"}}, got); diff != "" {
+		t.Errorf("credentials after the migration (-want +got):\n%s", diff)
 	}
 }

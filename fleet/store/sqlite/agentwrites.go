@@ -22,10 +22,12 @@ import (
 // maxAgentBatch bounds one transaction.
 const maxAgentBatch = 256
 
-const updateAgentSQL = `UPDATE agents SET project_id = ?, doc = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`
+const updateAgentSQL = `UPDATE agents SET project_id = ?, doc = ?, credential_id = ?, credential_hash = ?, row_version = ?, updated_at = ? WHERE id = ? AND row_version = ?`
 
 type agentWrite struct {
 	projectID, id, doc string
+	credID             string
+	credHash           any // NULL or the hex sum (store.Agent.CredentialHash)
 	version, prev      int64
 	at                 int64
 	done               chan agentResult
@@ -165,7 +167,7 @@ func (w *agentWriter) tx(ctx context.Context, batch []*agentWrite) ([]int64, err
 	defer st.Close()
 	ns := make([]int64, len(batch))
 	for i, r := range batch {
-		res, err := st.ExecContext(ctx, r.projectID, r.doc, r.version, r.at, r.id, r.prev)
+		res, err := st.ExecContext(ctx, r.projectID, r.doc, r.credID, r.credHash, r.version, r.at, r.id, r.prev)
 		if err != nil {
 			return nil, fmt.Errorf("update agent %s: %w", r.id, full(err))
 		}

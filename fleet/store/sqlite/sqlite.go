@@ -368,20 +368,21 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	a.UpdatedAt = now
 	prev := a.RowVersion
 	a.RowVersion = prev + 1
-	doc, err := json.Marshal(a)
+	doc, err := store.EncodeAgent(a)
 	if err != nil {
 		a.RowVersion = prev
-		return fmt.Errorf("encode agent: %w", full(err))
+		return err
 	}
 	var res sql.Result
 	if prev == 0 {
-		res, err = s.w.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, row_version, updated_at) VALUES (?,?,?,?,?)`, a.ID, a.ProjectID, string(doc), a.RowVersion, ms(now))
+		res, err = s.w.ExecContext(ctx, `INSERT INTO agents(id, project_id, doc, credential_id, credential_hash, row_version, updated_at) VALUES (?,?,?,?,?,?,?)`,
+			a.ID, a.ProjectID, string(doc), a.CredentialID, store.CredentialHashColumn(a), a.RowVersion, ms(now))
 		if isUnique(err) {
 			a.RowVersion = prev
 			return fmt.Errorf("create agent %s: %w", a.ID, store.ErrConflict)
 		}
 	} else {
-		n, err := s.agents.write(ctx, &agentWrite{projectID: a.ProjectID, id: a.ID, doc: string(doc), version: a.RowVersion, prev: prev, at: ms(now)})
+		n, err := s.agents.write(ctx, &agentWrite{projectID: a.ProjectID, id: a.ID, doc: string(doc), credID: a.CredentialID, credHash: store.CredentialHashColumn(a), version: a.RowVersion, prev: prev, at: ms(now)})
 		if err != nil {
 			a.RowVersion = prev
 			return fmt.Errorf("upsert agent: %w", err)
@@ -403,15 +404,6 @@ func (s *Store) UpsertAgent(ctx context.Context, a *store.Agent) error {
 	return nil
 }
 
-func decodeAgent(doc string, ver int64) (*store.Agent, error) {
-	a := &store.Agent{}
-	if err := json.Unmarshal([]byte(doc), a); err != nil {
-		return nil, fmt.Errorf("decode agent: %w", full(err))
-	}
-	a.RowVersion = ver
-	return a, nil
-}
-
 func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) {
 	var doc string
 	var ver int64
@@ -426,7 +418,7 @@ func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) 
 	if err != nil {
 		return nil, fmt.Errorf("get agent: %w", full(err))
 	}
-	return decodeAgent(doc, ver)
+	return store.DecodeAgent(doc, ver)
 }
 
 // briefCols are the columns of a Brief agent listing (store.BriefFields),
@@ -491,7 +483,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 			if err := rows.Scan(&doc, &ver); err != nil {
 				return nil, fmt.Errorf("list agents: %w", full(err))
 			}
-			if a, err = decodeAgent(doc, ver); err != nil {
+			if a, err = store.DecodeAgent(doc, ver); err != nil {
 				return nil, err
 			}
 		}
@@ -503,8 +495,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 }
 
 func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(json_extract(doc, '$.credentialId'), ''), json_extract(doc, '$.credentialHash') FROM agents
-		WHERE COALESCE(json_extract(doc, '$.credentialHash'), '') != ''`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, credential_id, credential_hash FROM agents WHERE credential_hash IS NOT NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("list agent credentials: %w", full(err))
 	}

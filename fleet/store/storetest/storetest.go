@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -337,6 +339,19 @@ func testAgentCredentials(t *testing.T, s store.Store) {
 	must(t, err)
 	if diff := cmp.Diff([]store.AgentCredential{{AgentID: "a1", CredentialID: "j1", CredentialHash: "00ff"}}, got); diff != "" {
 		t.Errorf("ListAgentCredentials (-want +got):\n%s", diff)
+	}
+	// Updates keep the listing current: a rotation replaces a1's, a2
+	// gets its first recorded sum.
+	a.CredentialID, a.CredentialHash = "j1b", "11ee"
+	b.CredentialHash = "22dd"
+	must(t, s.UpsertAgent(ctx, a))
+	must(t, s.UpsertAgent(ctx, b))
+	got, err = s.ListAgentCredentials(ctx)
+	must(t, err)
+	slices.SortFunc(got, func(x, y store.AgentCredential) int { return strings.Compare(x.AgentID, y.AgentID) })
+	want := []store.AgentCredential{{AgentID: "a1", CredentialID: "j1b", CredentialHash: "11ee"}, {AgentID: "a2", CredentialID: "j2", CredentialHash: "22dd"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ListAgentCredentials after updates (-want +got):\n%s", diff)
 	}
 }
 
