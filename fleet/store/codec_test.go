@@ -13,7 +13,7 @@ func fullAgent() *Agent {
 	return &Agent{
 		ID: "0123456789abcdef0123456789abcdef", ProjectID: "p1", Hostname: "host-1 <&> \"quoted\"", Platform: "systemd", Version: "0.1.0",
 		Labels: map[string]string{"platform": "systemd", "team": "perf", "ünïcode": "✓"}, CustomLabels: map[string]string{"tier": "gold"},
-		Description: map[string]string{"host.name": "host-1", "fleetprof.token_label.team": "perf", "esc": "line\nbreak\ttab\u2028"},
+		Description:  map[string]string{"host.name": "host-1", "fleetprof.token_label.team": "perf", "esc": "line\nbreak\ttab\u2028"},
 		EnrolledWith: "b1", Connected: true, LastSeen: time.Date(2026, 11, 29, 7, 0, 0, 1, time.FixedZone("x", 3600)), Healthy: true, Health: "sampling",
 		CredentialID: "c1", CredentialExpiresAt: &exp, CredentialHash: "ab12", PendingCredentialID: "c2", RotationStatus: "pending", RotationError: "e",
 		Revoked: true, ConfigHash: "cd34", ConfigStatus: "APPLIED", ConfigError: "none", EffectiveConfig: "sample_rate: 19\n",
