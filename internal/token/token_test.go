@@ -6,11 +6,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
 )
 
 func newKeySet(t *testing.T) *KeySet {
@@ -345,6 +348,53 @@ func BenchmarkVerify(b *testing.B) {
 			if err := json.Unmarshal(payload, &c); err != nil {
 				b.Fatal(err)
 			}
+		}
+	})
+}
+
+// stdClaims is Claims.UnmarshalJSON on encoding/json alone: the reading
+// the faster decoder must keep.
+func stdClaims(b []byte) (*Claims, error) {
+	type plain Claims
+	var aux struct {
+		plain
+		IssuedAt json.Number `json:"iat,omitempty"`
+	}
+	if err := json.Unmarshal(b, &aux); err != nil {
+		return nil, err
+	}
+	c := Claims(aux.plain)
+	c.IssuedAt = nil
+	if aux.IssuedAt != "" {
+		f, err := aux.IssuedAt.Float64()
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+			return nil, fmt.Errorf("iat %q", aux.IssuedAt)
+		}
+		c.IssuedAt = jwt.NewNumericDate(normalizeEpoch(f))
+	}
+	return &c, nil
+}
+
+// FuzzClaimsDecode: a token payload decodes (through encoding/json, as
+// the JWT parser does) to what encoding/json alone reads, or fails when
+// it fails.
+func FuzzClaimsDecode(f *testing.F) {
+	f.Add(`{"iss":"https://f","sub":"a1","aud":["p"],"exp":1790000000,"iat":1790000000123,"jti":"j","projectId":"p","fleet":true,"labels":{"a":"b"}}`)
+	f.Add(`{"aud":"p","exp":1.5e9,"nbf":null,"iat":"1"}`)
+	f.Add(`{"labels":{"a":1},"maxUses":2.5}`)
+	f.Add(`{"jti":"x","JTI":"y","jti":"z"}`)
+	f.Fuzz(func(t *testing.T, payload string) {
+		want, wantErr := stdClaims([]byte(payload))
+		var got Claims
+		err := json.Unmarshal([]byte(payload), &got)
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("decode %q: error %v, encoding/json alone: %v", payload, err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		if diff := cmp.Diff(want, &got); diff != "" {
+			t.Fatalf("decode %q differs from encoding/json alone (-want +got):\n%s", payload, diff)
 		}
 	})
 }
