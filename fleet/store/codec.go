@@ -32,13 +32,3 @@ func DecodeAgent(doc string, ver int64) (*Agent, error) {
 	a.RowVersion = ver
 	return a, nil
 }
-
-// CredentialHashColumn is the value of the credential_hash column beside
-// a's document: NULL when no sum is recorded, so that listing the
-// recorded credentials (ListAgentCredentials) reads no record at all.
-func CredentialHashColumn(a *Agent) any {
-	if a.CredentialHash == "" {
-		return nil
-	}
-	return a.CredentialHash
-}

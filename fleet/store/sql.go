@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -59,6 +60,11 @@ type Execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
+// Queryer runs a query in ? placeholders: a backend's database handle.
+type Queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
 // UpsertRolloutAgents writes rollout rows, RowsPerInsert per statement
 // (a stage start of 19,000 agents was 19,000 statements); of rows that
 // name the same agent twice the last wins. Both backends write them so.
@@ -104,4 +110,37 @@ func UpsertAssignments(ctx context.Context, tx Execer, as []*Assignment) error {
 		as = as[n:]
 	}
 	return nil
+}
+
+// CredentialHashColumn is the value of the agents table's credential_hash
+// column beside a's document: NULL when no sum is recorded, so that
+// ListAgentCredentials reads the two credential columns and no record.
+func CredentialHashColumn(a *Agent) any {
+	if a.CredentialHash == "" {
+		return nil
+	}
+	return a.CredentialHash
+}
+
+// ListAgentCredentials lists the recorded credentials of the agents (the
+// Agents.ListAgentCredentials of both backends) from the credential
+// columns beside their records.
+func ListAgentCredentials(ctx context.Context, db Queryer) ([]AgentCredential, error) {
+	rows, err := db.QueryContext(ctx, `SELECT id, credential_id, credential_hash FROM agents WHERE credential_hash IS NOT NULL`)
+	if err != nil {
+		return nil, fmt.Errorf("list agent credentials: %w", err)
+	}
+	defer rows.Close()
+	var out []AgentCredential
+	for rows.Next() {
+		var c AgentCredential
+		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash); err != nil {
+			return nil, fmt.Errorf("list agent credentials: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list agent credentials: %w", err)
+	}
+	return out, nil
 }

@@ -527,20 +527,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 }
 
 func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, credential_id, credential_hash FROM agents WHERE credential_hash IS NOT NULL`)
-	if err != nil {
-		return nil, fmt.Errorf("list agent credentials: %w", err)
-	}
-	defer rows.Close()
-	var out []store.AgentCredential
-	for rows.Next() {
-		var c store.AgentCredential
-		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash); err != nil {
-			return nil, fmt.Errorf("list agent credentials: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return store.ListAgentCredentials(ctx, s.db)
 }
 
 func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
