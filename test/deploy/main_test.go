@@ -78,6 +78,13 @@ func startHost(t *testing.T) *host {
 		sdHost = &host{sd: sd}
 		var script strings.Builder
 		script.WriteString("set -e\n")
+		// The host runs no periodic job during the tests: a timer's job
+		// writes below the overlaid paths on its own schedule (apt's
+		// daily run took /var/lib/dpkg/lock mid-test and failed the
+		// leftovers check, as e2scrub_all's stamp had before). Jobs
+		// already queued or running are waited for, up to a minute.
+		script.WriteString("systemctl stop '*.timer'\n")
+		script.WriteString("for i in $(seq 600); do [ -z \"$(systemctl list-jobs --no-legend)\" ] && break; sleep 0.1; done\n")
 		for dir, name := range overlays {
 			fmt.Fprintf(&script, "mkdir -p /tmp/ov/%[1]s/upper /tmp/ov/%[1]s/work\n", name)
 			fmt.Fprintf(&script, "mount -t overlay overlay -o lowerdir=%[2]s,upperdir=/tmp/ov/%[1]s/upper,workdir=/tmp/ov/%[1]s/work %[2]s\n", name, dir)
