@@ -21,7 +21,12 @@ import (
 // issue's reference. Its control endpoints on -ctl: GET /connected (the
 // WebSockets held), POST /push (the body as a remote config to every
 // connection, sent from one goroutine like a simple fleet would), GET
-// /applied (connections that reported APPLIED for the last push).
+// /applied (connections that reported APPLIED for the last push). It
+// also prints, every 20 ms on stdout, how many connections have sent a
+// message: near the file cap it can no longer accept a control
+// connection, and the reconnect storm is timed on that count, as the
+// fleet's is (fleetprof_opamp_connected_agents counts an agent at its
+// first message).
 func bare(args []string) error {
 	fs := flag.NewFlagSet("bare", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:4320", "OpAMP address")
@@ -30,7 +35,20 @@ func bare(args []string) error {
 
 	var mu sync.Mutex
 	conns := map[types.Connection]bool{} // → applied the current config
+	heard := map[types.Connection]bool{} // connections that sent a message
 	var hash []byte
+	go func() {
+		last := -1
+		for range time.Tick(20 * time.Millisecond) {
+			mu.Lock()
+			n := len(heard)
+			mu.Unlock()
+			if n != last {
+				fmt.Println(n)
+				last = n
+			}
+		}
+	}()
 	cb := types.ConnectionCallbacks{
 		OnConnected: func(_ context.Context, c types.Connection) {
 			mu.Lock()
@@ -38,6 +56,9 @@ func bare(args []string) error {
 			mu.Unlock()
 		},
 		OnMessage: func(_ context.Context, c types.Connection, m *protobufs.AgentToServer) *protobufs.ServerToAgent {
+			mu.Lock()
+			heard[c] = true
+			mu.Unlock()
 			if st := m.RemoteConfigStatus; st != nil && st.Status == protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED {
 				mu.Lock()
 				if hash != nil && bytes.Equal(st.LastRemoteConfigHash, hash) {
@@ -50,6 +71,7 @@ func bare(args []string) error {
 		OnConnectionClose: func(c types.Connection) {
 			mu.Lock()
 			delete(conns, c)
+			delete(heard, c)
 			mu.Unlock()
 		},
 	}
