@@ -663,6 +663,27 @@ func (c *Controller) Apply(ctx context.Context, req ApplyRequest) (*store.Rollou
 			i++
 		}
 	}
+	if r.Stages > 0 && (c.o.Leader == nil || c.o.Leader()) {
+		// The first stage starts now, in the transaction that creates the
+		// rollout: at 19,000 agents a second write of every row, a
+		// listing of the rows and a step's wait were a fifth of a push.
+		// (A replica that does not drive rollouts leaves it pending for
+		// the one that does.)
+		ch, push, err := c.stageChange(ctx, r, ras, 0, now, briefs)
+		if err != nil {
+			return nil, nil, err
+		}
+		apply(ras, ch.Agents)
+		ch.Create, ch.Agents = true, ras
+		if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
+			return nil, nil, err
+		}
+		c.log.Info("rollout created", zap.String("rollout", r.ID), zap.String("selector", r.Selector), zap.Int("config_version", cv.Version),
+			zap.Int("agents", len(targets)), zap.Ints("stages", sizes))
+		c.stageStarted(r, ras, ch, push, briefs, now)
+		c.wake()
+		return r, cv, nil
+	}
 	if err := c.st.CreateRollout(ctx, r, ras); err != nil {
 		return nil, nil, err
 	}
@@ -909,9 +930,46 @@ func (c *Controller) mayBeOver(ctx context.Context, r *store.Rollout) (bool, err
 
 // startStage assigns the config to the agents of stage k and pushes it.
 func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, k int, now time.Time) error {
-	asgs, err := c.st.ListAssignments(ctx, r.ProjectID)
+	// The stage's agents as they are now, by their brief records
+	// (connected, config state, labels), read in one listing (or taken
+	// from Apply's, just made).
+	var briefs map[string]*store.Agent
+	if l := c.listed; l != nil && l.rollout == r.ID && now.Sub(l.at) < listedFor {
+		briefs = l.briefs
+	} else {
+		var stage []string
+		for _, ra := range ras {
+			if ra.Stage == k && ra.State == AgentWaiting {
+				stage = append(stage, ra.AgentID)
+			}
+		}
+		var err error
+		if briefs, err = c.briefs(ctx, r.ProjectID, stage); err != nil {
+			return err
+		}
+	}
+	if c.listed != nil && c.listed.rollout == r.ID {
+		c.listed = nil
+	}
+	ch, push, err := c.stageChange(ctx, r, ras, k, now, briefs)
 	if err != nil {
 		return err
+	}
+	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
+		return err
+	}
+	c.stageStarted(r, ras, ch, push, briefs, now)
+	return nil
+}
+
+// stageChange is the change that starts stage k of r: the rollout moved
+// to it, its waiting agents assigned (or skipped: a stronger rollout owns
+// them; or settled: their brief record shows them running the config
+// already, so no report will come), with the agents to push.
+func (c *Controller) stageChange(ctx context.Context, r *store.Rollout, ras []*store.RolloutAgent, k int, now time.Time, briefs map[string]*store.Agent) (*store.RolloutChange, map[string]bool, error) {
+	asgs, err := c.st.ListAssignments(ctx, r.ProjectID)
+	if err != nil {
+		return nil, nil, err
 	}
 	current := map[string]*store.Assignment{}
 	for _, a := range asgs {
@@ -919,31 +977,12 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	}
 	owners, err := c.rolloutsByID(ctx, r.ProjectID)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	next := *r
+	next.UpdatedAt = now
 	next.Status, next.Stage, next.StageStartedAt, next.NextStageAt, next.Reason = StatusRunning, k, ptr(now), nil, ""
 	ch := &store.RolloutChange{Rollout: &next}
-	var stage []string
-	for _, ra := range ras {
-		if ra.Stage == k && ra.State == AgentWaiting {
-			stage = append(stage, ra.AgentID)
-		}
-	}
-	// The stage's agents as they are now, by their brief records
-	// (connected, config state, labels), read in one listing (or taken
-	// from Apply's, just made): an agent already running the config is
-	// settled here, as no report will come from it; the others' pushes
-	// are judged by them.
-	var briefs map[string]*store.Agent
-	if l := c.listed; l != nil && l.rollout == r.ID && now.Sub(l.at) < listedFor {
-		briefs = l.briefs
-	} else if briefs, err = c.briefs(ctx, r.ProjectID, stage); err != nil {
-		return err
-	}
-	if c.listed != nil && c.listed.rollout == r.ID {
-		c.listed = nil
-	}
 	push := map[string]bool{}
 	for _, ra := range ras {
 		if ra.Stage != k || ra.State != AgentWaiting {
@@ -972,10 +1011,13 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 			push[ra.AgentID] = true
 		}
 	}
-	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
-		return err
-	}
-	*r = next
+	return ch, push, nil
+}
+
+// stageStarted follows a stored stage start ch: r becomes the stored
+// rollout, ras its rows; the stage is tracked and its agents pushed.
+func (c *Controller) stageStarted(r *store.Rollout, ras []*store.RolloutAgent, ch *store.RolloutChange, push map[string]bool, briefs map[string]*store.Agent, now time.Time) {
+	*r = *ch.Rollout
 	apply(ras, ch.Agents)
 	c.track(r, ras, now)
 	c.qmu.Lock()
@@ -983,13 +1025,12 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 		c.watch[r.ConfigHash] = time.Time{} // before the pushes: their reports count
 	}
 	c.qmu.Unlock()
-	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, k)), zap.Int("agents", len(push)))
+	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Int("agents", len(push)))
 	for _, as := range ch.Assign {
 		if push[as.AgentID] {
 			c.enqueueAssigned(as.AgentID, briefs[as.AgentID], true, as)
 		}
 	}
-	return nil
 }
 
 // briefs reads the brief records of a project's agents ids, by id; an
@@ -1131,6 +1172,7 @@ func (c *Controller) evaluate(ctx context.Context, r *store.Rollout, now time.Ti
 		}
 	}
 	next := *r
+	next.UpdatedAt = now
 	ch := &store.RolloutChange{Rollout: &next, Agents: upd}
 	over := false
 	switch {
@@ -1216,6 +1258,7 @@ func (c *Controller) result(r *store.Rollout, a *store.Agent, timedOut bool) (st
 // wins for but did not reach (hosts that enrolled meanwhile).
 func (c *Controller) complete(ctx context.Context, r *store.Rollout, now time.Time) error {
 	next := *r
+	next.UpdatedAt = now
 	next.Status, next.NextStageAt, next.Reason = StatusCompleted, nil, ""
 	if next.Stage < 0 {
 		next.Stage = max(r.Stages-1, 0)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,8 +164,13 @@ func (e *env) agent(id string, labels map[string]string) {
 
 // step runs one controller step and delivers the pushes it queued.
 func (e *env) step() {
+	e.c.Step(e.t.Context())
+	e.deliver()
+}
+
+// deliver delivers the queued pushes (and those their reports queue).
+func (e *env) deliver() {
 	ctx := e.t.Context()
-	e.c.Step(ctx)
 	for range 3 {
 		e.c.qmu.Lock()
 		q := e.c.queue
@@ -626,10 +632,12 @@ func TestReportsHeardDelayTheQuietJudgement(t *testing.T) {
 	}
 }
 
-// TestFirstStageTakesApplysListing: a stage start right after Apply
-// takes Apply's listing of the targets instead of listing them again;
-// the next stage, or a first stage started after listedFor, lists.
-func TestFirstStageTakesApplysListing(t *testing.T) {
+// TestFirstStageStartsWithApply: on the replica that drives rollouts the
+// first stage starts in the transaction that creates the rollout, from
+// Apply's own listing; a replica that does not drive them leaves the
+// rollout pending, and the driver's stage start takes the listing only
+// while it is fresh.
+func TestFirstStageStartsWithApply(t *testing.T) {
 	e := newEnv(t)
 	for i := range 5 {
 		e.agent(fmt.Sprintf("s%d", i), systemd(i))
@@ -637,29 +645,60 @@ func TestFirstStageTakesApplysListing(t *testing.T) {
 	rc := &readCounter{Store: e.st}
 	e.c.st = rc
 	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 2, 0, 0, 0)
-	la0, _ := rc.reads()
-	e.step() // the canary (s0, s1) starts, is pushed and reports
-	if la, _ := rc.reads(); la != la0 {
-		t.Errorf("canary start right after Apply: %d agent listings, want none", la-la0)
+	if r.Status != StatusRunning || r.Stage != 0 || r.StageStartedAt == nil || !r.StageStartedAt.Equal(e.clk.now()) {
+		t.Fatalf("Apply returned %s, stage %d, started %v; want running, canary started now", r.Status, r.Stage, r.StageStartedAt)
 	}
+	if la, lr := rc.reads(); la != 1 || lr != 0 {
+		t.Errorf("Apply: %d agent listings, %d rollout row listings; want its one listing, no rows read back", la, lr)
+	}
+	want := map[string]string{"s0": AgentAssigned, "s1": AgentAssigned, "s2": AgentWaiting, "s3": AgentWaiting, "s4": AgentWaiting}
+	if diff := cmp.Diff(want, e.states(r.ID)); diff != "" {
+		t.Fatalf("stored right after Apply (-want +got):\n%s", diff)
+	}
+	for i := range 5 {
+		id := fmt.Sprintf("s%d", i)
+		if got, want := e.assigned(id) != "", i < 2; got != want {
+			t.Errorf("%s assigned %v right after Apply, want %v", id, got, want)
+		}
+	}
+	e.deliver() // the canary's pushes, queued by Apply; s0 and s1 report
 	for _, id := range []string{"s0", "s1"} {
 		if got := e.fl.pushes(id); len(got) != 1 {
 			t.Fatalf("canary %s got pushes %v, want one", id, got)
 		}
 	}
 	e.step() // the canary passes
-	la0, _ = rc.reads()
-	e.step() // wave 1 starts: Apply's listing is spent
-	if la, _ := rc.reads(); la == la0 {
-		t.Error("wave 1 start listed no agents: it may not use Apply's listing twice")
-	}
+	e.step() // wave 1 starts
 	e.step()
 	if st := e.status(r.ID); st.Status != StatusCompleted {
 		t.Fatalf("rollout %s (%s), want completed", st.Status, st.Reason)
 	}
 
-	// A first stage started long after Apply lists the agents again.
+	// Another replica drives rollouts: Apply here only creates it.
+	var leader atomic.Bool
+	e.c.o.Leader = leader.Load
 	r2 := e.apply("sampling: {frequency_hz: 29}\n", "platform=systemd", 0, 0, 0, 0)
+	if r2.Status != StatusPending || r2.Stage != -1 {
+		t.Fatalf("Apply off the driving replica returned %s, stage %d; want pending, -1", r2.Status, r2.Stage)
+	}
+	if diff := cmp.Diff(map[string]string{"s0": AgentWaiting, "s1": AgentWaiting, "s2": AgentWaiting, "s3": AgentWaiting, "s4": AgentWaiting}, e.states(r2.ID)); diff != "" {
+		t.Fatalf("stored after Apply off the driving replica (-want +got):\n%s", diff)
+	}
+	leader.Store(true)
+	la0, _ := rc.reads()
+	e.step() // the stage starts from Apply's listing
+	if la, _ := rc.reads(); la != la0 {
+		t.Errorf("stage start right after Apply: %d agent listings, want none", la-la0)
+	}
+	e.step()
+	if st := e.status(r2.ID); st.Status != StatusCompleted {
+		t.Fatalf("second rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+
+	// A first stage started long after Apply lists the agents again.
+	leader.Store(false)
+	r3 := e.apply("sampling: {frequency_hz: 19}\n", "platform=systemd", 0, 0, 0, 0)
+	leader.Store(true)
 	e.clk.add(listedFor)
 	la0, _ = rc.reads()
 	e.step()
@@ -667,8 +706,39 @@ func TestFirstStageTakesApplysListing(t *testing.T) {
 		t.Errorf("stage start %s after Apply listed no agents", listedFor)
 	}
 	e.step()
-	if st := e.status(r2.ID); st.Status != StatusCompleted {
-		t.Fatalf("second rollout %s (%s), want completed", st.Status, st.Reason)
+	if st := e.status(r3.ID); st.Status != StatusCompleted {
+		t.Fatalf("third rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+}
+
+// TestUpdatedAtFollowsTheSteps: a rollout's updatedAt is when the fleet
+// last wrote it (a stage start, a stage's end, its completion), not when
+// it was created.
+func TestUpdatedAtFollowsTheSteps(t *testing.T) {
+	e := newEnv(t)
+	for i := range 2 {
+		e.agent(fmt.Sprintf("s%d", i), systemd(i))
+	}
+	created := e.clk.now()
+	r := e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 1, 0, 30*time.Second, 0)
+	if !r.UpdatedAt.Equal(created) {
+		t.Errorf("updatedAt at creation %v, want %v", r.UpdatedAt, created)
+	}
+	e.deliver()
+	e.clk.add(time.Second)
+	e.step() // the canary passes: the pause is written
+	if st := e.status(r.ID); st.NextStageAt == nil || !st.UpdatedAt.Equal(e.clk.now()) {
+		t.Fatalf("after the canary: next stage at %v, updatedAt %v; want a pause, written at %v", st.NextStageAt, st.UpdatedAt, e.clk.now())
+	}
+	e.clk.add(30 * time.Second)
+	e.step() // wave 1 starts, is pushed and reports
+	if st := e.status(r.ID); st.Stage != 1 || !st.UpdatedAt.Equal(e.clk.now()) {
+		t.Fatalf("wave 1: stage %d, updatedAt %v; want stage 1 written at %v", st.Stage, st.UpdatedAt, e.clk.now())
+	}
+	e.clk.add(time.Second)
+	e.step()
+	if st := e.status(r.ID); st.Status != StatusCompleted || !st.UpdatedAt.Equal(e.clk.now()) {
+		t.Fatalf("%s, updatedAt %v; want completed at %v", st.Status, st.UpdatedAt, e.clk.now())
 	}
 }
 

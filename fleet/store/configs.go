@@ -86,6 +86,11 @@ type RolloutFilter struct {
 // only if its RowVersion is current), its agents' rows, and the
 // assignments it sets or removes.
 type RolloutChange struct {
+	// Create inserts the rollout row instead of updating it: the rollout
+	// is new (its RowVersion becomes 1; ErrConflict if the id exists).
+	// A rollout whose first stage starts as it is created is one
+	// transaction, not two.
+	Create   bool
 	Rollout  *Rollout
 	Agents   []*RolloutAgent
 	Assign   []*Assignment
@@ -134,6 +139,7 @@ type Rollouts interface {
 	CountRolloutAgents(ctx context.Context, rolloutID string) ([]RolloutAgentCount, error)
 	// ApplyRolloutChange writes ch in one transaction. The rollout row is
 	// written only at its current RowVersion (ErrConflict otherwise, and
-	// nothing is written); on success ch.Rollout.RowVersion is the new one.
+	// nothing is written), or inserted when ch.Create; on success
+	// ch.Rollout.RowVersion is the new one.
 	ApplyRolloutChange(ctx context.Context, ch *RolloutChange) error
 }

@@ -176,30 +176,7 @@ func scanRollout(r scanner) (*store.Rollout, error) {
 }
 
 func (s *Store) CreateRollout(ctx context.Context, r *store.Rollout, agents []*store.RolloutAgent) error {
-	now := time.Now().UTC()
-	if r.CreatedAt.IsZero() {
-		r.CreatedAt = now
-	}
-	if r.UpdatedAt.IsZero() {
-		r.UpdatedAt = r.CreatedAt
-	}
-	err := s.inTx(ctx, "create rollout", func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO rollouts(`+rolloutCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-			r.ID, r.ProjectID, r.ConfigID, r.ConfigHash, r.Selector, r.Specificity, r.Canary, r.WavePercent, r.WaveCount,
-			r.WavePause.Milliseconds(), r.MaxFailurePercent, r.Stages, r.Stage, msp(r.StageStartedAt), msp(r.NextStageAt),
-			r.Status, r.Reason, r.CreatedBy, ms(r.CreatedAt), ms(r.UpdatedAt), 1)
-		if isUnique(err) {
-			return fmt.Errorf("create rollout %s: %w", r.ID, store.ErrConflict)
-		}
-		if err != nil {
-			return err
-		}
-		return store.UpsertRolloutAgents(ctx, tx, agents)
-	})
-	if err == nil {
-		r.RowVersion = 1
-	}
-	return err
+	return s.ApplyRolloutChange(ctx, &store.RolloutChange{Create: true, Rollout: r, Agents: agents})
 }
 
 func (s *Store) RolloutByID(ctx context.Context, id string) (*store.Rollout, error) {
@@ -290,11 +267,31 @@ func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*sto
 func (s *Store) ApplyRolloutChange(ctx context.Context, ch *store.RolloutChange) error {
 	r := ch.Rollout
 	now := time.Now().UTC()
+	if ch.Create && r == nil {
+		return fmt.Errorf("create rollout: no rollout")
+	}
+	if ch.Create && r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
 	if r != nil && r.UpdatedAt.IsZero() {
 		r.UpdatedAt = now
+		if ch.Create {
+			r.UpdatedAt = r.CreatedAt
+		}
 	}
 	err := s.inTx(ctx, "apply rollout change", func(tx *sql.Tx) error {
-		if r != nil {
+		if ch.Create {
+			_, err := tx.ExecContext(ctx, `INSERT INTO rollouts(`+rolloutCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+				r.ID, r.ProjectID, r.ConfigID, r.ConfigHash, r.Selector, r.Specificity, r.Canary, r.WavePercent, r.WaveCount,
+				r.WavePause.Milliseconds(), r.MaxFailurePercent, r.Stages, r.Stage, msp(r.StageStartedAt), msp(r.NextStageAt),
+				r.Status, r.Reason, r.CreatedBy, ms(r.CreatedAt), ms(r.UpdatedAt), 1)
+			if isUnique(err) {
+				return fmt.Errorf("create rollout %s: %w", r.ID, store.ErrConflict)
+			}
+			if err != nil {
+				return err
+			}
+		} else if r != nil {
 			res, err := tx.ExecContext(ctx, `UPDATE rollouts SET stage = ?, stages = ?, stage_started_at = ?, next_stage_at = ?, status = ?,
 				reason = ?, updated_at = ?, row_version = ? WHERE id = ? AND row_version = ?`,
 				r.Stage, r.Stages, msp(r.StageStartedAt), msp(r.NextStageAt), r.Status, r.Reason, ms(r.UpdatedAt), r.RowVersion+1, r.ID, r.RowVersion)
@@ -318,7 +315,10 @@ func (s *Store) ApplyRolloutChange(ctx context.Context, ch *store.RolloutChange)
 		}
 		return nil
 	})
-	if err == nil && r != nil {
+	switch {
+	case err == nil && ch.Create:
+		r.RowVersion = 1
+	case err == nil && r != nil:
 		r.RowVersion++
 	}
 	return err

@@ -337,9 +337,10 @@ func testAgentCredentials(t *testing.T, s store.Store) {
 	}
 	got, err := s.ListAgentCredentials(ctx)
 	must(t, err)
-	if diff := cmp.Diff([]store.AgentCredential{{AgentID: "a1", CredentialID: "j1", CredentialHash: "00ff"}}, got); diff != "" {
+	if diff := cmp.Diff([]store.AgentCredential{{AgentID: "a1", CredentialID: "j1", CredentialHash: "00ff"}}, got, noRecord); diff != "" {
 		t.Errorf("ListAgentCredentials (-want +got):\n%s", diff)
 	}
+	sameRecords(t, s, got)
 	// Updates keep the listing current: a rotation replaces a1's, a2
 	// gets its first recorded sum.
 	a.CredentialID, a.CredentialHash = "j1b", "11ee"
@@ -350,8 +351,31 @@ func testAgentCredentials(t *testing.T, s store.Store) {
 	must(t, err)
 	slices.SortFunc(got, func(x, y store.AgentCredential) int { return strings.Compare(x.AgentID, y.AgentID) })
 	want := []store.AgentCredential{{AgentID: "a1", CredentialID: "j1b", CredentialHash: "11ee"}, {AgentID: "a2", CredentialID: "j2", CredentialHash: "22dd"}}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, got, noRecord); diff != "" {
 		t.Errorf("ListAgentCredentials after updates (-want +got):\n%s", diff)
+	}
+	sameRecords(t, s, got)
+}
+
+// noRecord compares credential listings without the records, which
+// sameRecords checks.
+var noRecord = cmpopts.IgnoreFields(store.AgentCredential{}, "Record", "RowVersion")
+
+// sameRecords checks that each listed record decodes to the agent's
+// stored record, at its row version.
+func sameRecords(t *testing.T, s store.Store, creds []store.AgentCredential) {
+	t.Helper()
+	for _, c := range creds {
+		want, err := s.AgentByID(t.Context(), c.AgentID)
+		must(t, err)
+		got, err := store.DecodeAgent(c.Record, c.RowVersion)
+		if err != nil {
+			t.Errorf("record listed with %s's credential: %v", c.AgentID, err)
+			continue
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("record listed with %s's credential (-stored +listed):\n%s", c.AgentID, diff)
+		}
 	}
 }
 
@@ -731,6 +755,35 @@ func testRollouts(t *testing.T, s store.Store) {
 			t.Errorf("ListRollouts %s (-want +got):\n%s", tc.name, diff)
 		}
 	}
+
+	// A rollout created with its first stage started: one change inserts
+	// the row, its agents and their assignments; a second creation of the
+	// same id writes nothing.
+	r3 := Rollout("r3", "p", cv)
+	r3.CreatedAt = Now.Add(2 * time.Minute)
+	r3.UpdatedAt, r3.Status, r3.Stage, r3.StageStartedAt = r3.CreatedAt, "running", 0, &r3.CreatedAt
+	create := &store.RolloutChange{Create: true, Rollout: r3,
+		Agents: []*store.RolloutAgent{{RolloutID: "r3", AgentID: "a3", Stage: 0, State: "assigned", UpdatedAt: r3.CreatedAt}},
+		Assign: []*store.Assignment{{AgentID: "a3", ProjectID: "p", ConfigID: "caa", ConfigHash: "aa", RolloutID: "r3", UpdatedAt: r3.CreatedAt}}}
+	must(t, s.ApplyRolloutChange(ctx, create))
+	if r3.RowVersion != 1 {
+		t.Errorf("rollout created by a change: version %d, want 1", r3.RowVersion)
+	}
+	got, err = s.RolloutByID(ctx, "r3")
+	must(t, err)
+	if diff := cmp.Diff(r3, got); diff != "" {
+		t.Errorf("rollout created by a change (-want +got):\n%s", diff)
+	}
+	if asg, err := s.AssignmentByAgent(ctx, "a3"); err != nil || asg.RolloutID != "r3" {
+		t.Errorf("assignment of the creating change: %+v, %v", asg, err)
+	}
+	again := *r3
+	err = s.ApplyRolloutChange(ctx, &store.RolloutChange{Create: true, Rollout: &again,
+		Assign: []*store.Assignment{{AgentID: "a4", ProjectID: "p", ConfigID: "caa", ConfigHash: "aa", RolloutID: "r3", UpdatedAt: r3.CreatedAt}}})
+	wantErr(t, "creating change of an existing rollout", err, store.ErrConflict)
+	_, err = s.AssignmentByAgent(ctx, "a4")
+	wantErr(t, "assignment of a failed creating change", err, store.ErrNotFound)
+
 }
 
 func testUsers(t *testing.T, s store.Store) {
