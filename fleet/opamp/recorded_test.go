@@ -108,3 +108,84 @@ func dialCode(t *testing.T, f *fixture, tok string) int {
 	}
 	return resp.StatusCode
 }
+
+// TestFirstReportStartsFromPreloadedRecord: after a restart, an agent's
+// first status report starts from the record LoadRecorded listed (no
+// store read); a record written by someone else after the listing is not
+// lost: its row version makes the report's write conflict, and the
+// report is applied to a fresh read.
+func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
+	f := newFixture(t, Options{})
+	cred := enrolled(t, f, "preloaded")
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg("preloaded"))
+	readMsg(t, a)
+	waitFor(t, "the credential's sum recorded", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.CredentialHash != ""
+	})
+	a.Close()
+	waitFor(t, "disconnect", func() bool { return len(f.srv.Connected()) == 0 })
+
+	restart := func() (*prometheus.Registry, *websocket.Conn) {
+		t.Helper()
+		reg := prometheus.NewRegistry()
+		srv, err := New(Options{Store: f.st, Auth: f.auth, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.LoadRecorded(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		hs := serve(t, srv)
+		c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + cred}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return reg, c
+	}
+	source := func(reg *prometheus.Registry, s string) float64 {
+		return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", s)
+	}
+
+	reg, c := restart()
+	sendMsg(t, c, enrollMsg("first report"))
+	readMsg(t, c)
+	waitFor(t, "first report stored", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.Hostname == "first report" && ag.Connected
+	})
+	if p, r := source(reg, "preloaded"), source(reg, "read"); p != 1 || r != 0 {
+		t.Errorf("first report after a restart: %v from the preloaded record, %v read; want 1, 0", p, r)
+	}
+	c.Close()
+	waitFor(t, "disconnect", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && !ag.Connected
+	})
+
+	// Written after the listing: the preloaded record is stale.
+	reg, c = restart()
+	ag, err := f.st.AgentByID(t.Context(), uidHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.CustomLabels = map[string]string{"team": "after the listing"}
+	if err := f.st.UpsertAgent(t.Context(), ag); err != nil {
+		t.Fatal(err)
+	}
+	sendMsg(t, c, enrollMsg("second report"))
+	readMsg(t, c)
+	waitFor(t, "second report stored", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && ag.Hostname == "second report"
+	})
+	ag, err = f.st.AgentByID(t.Context(), uidHex)
+	if err != nil || ag.CustomLabels["team"] != "after the listing" || !ag.Connected {
+		t.Fatalf("record after a stale preloaded start: %+v, %v; want the label written after the listing kept, connected", ag, err)
+	}
+	if p, r := source(reg, "preloaded"), source(reg, "read"); p != 1 || r != 1 {
+		t.Errorf("report on a stale preloaded record: %v preloaded, %v read; want 1, 1 (the conflict's retry)", p, r)
+	}
+}

@@ -114,7 +114,13 @@ type Server struct {
 	// value an agent.
 	recMu    sync.RWMutex
 	recorded map[[16]byte]recordedCredential
-	closed   bool
+	// preloaded holds the agents' records as LoadRecorded listed them,
+	// not yet decoded, by instance uid: each agent's first status report
+	// after a restart starts from its own (and drops it) instead of a
+	// store read. Dropped whole after preloadFor.
+	preMu     sync.Mutex
+	preloaded map[[16]byte]preloadedRecord
+	closed    bool
 	// busy counts handlers doing store work (by mu; idle signals zero);
 	// drained is set once Shutdown has waited for them, after which
 	// handlers skip store work: the store may be closed.
@@ -259,7 +265,7 @@ func New(o Options) (*Server, error) {
 			Help: "WebSocket connections accepted, by how their token was checked: its signature, or the agent credential's recorded SHA-256 (recorded)."}, []string{"how"}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_rejected_total", Help: "OpAMP connections refused, by HTTP status."}, []string{"code"}),
 		enrollments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_enrollments_total", Help: "Agents enrolled with a bootstrap token."}),
-		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read) or kept by the connection since its last report (hit)."}, []string{"source"}),
+		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read), kept by the connection since its last report (hit), or listed at the fleet's start (preloaded, an agent's first report after a restart)."}, []string{"source"}),
 		messages:    prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_messages_total", Help: "AgentToServer messages handled."}),
 		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
 	}
@@ -441,11 +447,8 @@ type recordedCredential struct {
 
 // recordedFor returns the sum recorded for the agent's credential jti.
 func (s *Server) recordedFor(agentID, jti string) ([32]byte, bool) {
-	var id [16]byte
-	if len(agentID) != 32 {
-		return [32]byte{}, false
-	}
-	if _, err := hex.Decode(id[:], []byte(agentID)); err != nil {
+	id, ok := instanceUID(agentID)
+	if !ok {
 		return [32]byte{}, false
 	}
 	j, err := uuid.Parse(jti)
@@ -463,14 +466,9 @@ func (s *Server) recordedFor(agentID, jti string) ([32]byte, bool) {
 
 // record notes an agent's current credential (jti and hex sum as stored).
 func (s *Server) record(agentID, jti, hexSum string) {
-	var (
-		id [16]byte
-		r  recordedCredential
-	)
-	if len(agentID) != 32 || len(hexSum) != 64 {
-		return
-	}
-	if _, err := hex.Decode(id[:], []byte(agentID)); err != nil {
+	var r recordedCredential
+	id, ok := instanceUID(agentID)
+	if !ok || len(hexSum) != 64 {
 		return
 	}
 	if _, err := hex.Decode(r.sum[:], []byte(hexSum)); err != nil {
@@ -497,15 +495,78 @@ func (s *Server) record(agentID, jti, hexSum string) {
 // until it ran, every credential is verified by its signature. It may
 // run while the server serves: an entry it writes over a newer one is
 // merely stale, which costs a full check.
+//
+// It keeps the listed records too, for preloadFor: the first status
+// report of each agent (in a reconnect storm, every agent's) starts from
+// its record instead of reading it. A record changed since is caught by
+// its row version when the report writes, and read again.
 func (s *Server) LoadRecorded(ctx context.Context) error {
 	creds, err := s.o.Store.ListAgentCredentials(ctx)
 	if err != nil {
 		return fmt.Errorf("load recorded agent credentials: %w", err)
 	}
+	pre := make(map[[16]byte]preloadedRecord, len(creds))
 	for _, c := range creds {
 		s.record(c.AgentID, c.CredentialID, c.CredentialHash)
+		if id, ok := instanceUID(c.AgentID); ok && c.Record != "" {
+			pre[id] = preloadedRecord{doc: c.Record, version: c.RowVersion}
+		}
 	}
+	s.preMu.Lock()
+	s.preloaded = pre
+	s.preMu.Unlock()
+	time.AfterFunc(preloadFor, func() {
+		s.preMu.Lock()
+		s.preloaded = nil
+		s.preMu.Unlock()
+	})
 	return nil
+}
+
+// preloadFor is how long the records LoadRecorded listed are kept for the
+// agents' first reports: a reconnect storm of 19,000 agents is over in
+// seconds; an agent that comes back later reads its record.
+const preloadFor = 2 * time.Minute
+
+// preloadedRecord is an agent's record as listed at the start.
+type preloadedRecord struct {
+	doc     string
+	version int64
+}
+
+// takePreloaded returns the agent's record as listed at the start, once,
+// or nil.
+func (s *Server) takePreloaded(agentID string) *store.Agent {
+	id, ok := instanceUID(agentID)
+	if !ok {
+		return nil
+	}
+	s.preMu.Lock()
+	p, ok := s.preloaded[id]
+	if ok {
+		delete(s.preloaded, id)
+	}
+	s.preMu.Unlock()
+	if !ok {
+		return nil
+	}
+	a, err := store.DecodeAgent(p.doc, p.version)
+	if err != nil || a.ID != agentID {
+		return nil // read from the store, which reports what is wrong
+	}
+	return a
+}
+
+// instanceUID parses an agent id (the hex instance uid).
+func instanceUID(agentID string) ([16]byte, bool) {
+	var id [16]byte
+	if len(agentID) != 32 {
+		return id, false
+	}
+	if _, err := hex.Decode(id[:], []byte(agentID)); err != nil {
+		return id, false
+	}
+	return id, true
 }
 
 func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
@@ -991,10 +1052,18 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 	defer mu.Unlock()
 	for attempt := 0; attempt < 5; attempt++ {
 		var stored *store.Agent
-		fromCache := cache != nil && *cache != nil && attempt == 0
+		fromCache := false
+		if cache != nil && attempt == 0 {
+			if *cache != nil {
+				fromCache = true
+				s.m.recordCache.WithLabelValues("hit").Inc()
+			} else if a := s.takePreloaded(id); a != nil {
+				*cache, fromCache = a, true
+				s.m.recordCache.WithLabelValues("preloaded").Inc()
+			}
+		}
 		if fromCache {
 			stored = *cache
-			s.m.recordCache.WithLabelValues("hit").Inc()
 		} else {
 			a, err := s.o.Store.AgentByID(ctx, id)
 			if err != nil {

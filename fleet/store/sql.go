@@ -113,8 +113,8 @@ func UpsertAssignments(ctx context.Context, tx Execer, as []*Assignment) error {
 }
 
 // CredentialHashColumn is the value of the agents table's credential_hash
-// column beside a's document: NULL when no sum is recorded, so that
-// ListAgentCredentials reads the two credential columns and no record.
+// column beside a's document: NULL when no sum is recorded
+// (ListAgentCredentials lists the agents whose column holds one).
 func CredentialHashColumn(a *Agent) any {
 	if a.CredentialHash == "" {
 		return nil
@@ -124,9 +124,9 @@ func CredentialHashColumn(a *Agent) any {
 
 // ListAgentCredentials lists the recorded credentials of the agents (the
 // Agents.ListAgentCredentials of both backends) from the credential
-// columns beside their records.
+// columns beside their records, with the records as stored.
 func ListAgentCredentials(ctx context.Context, db Queryer) ([]AgentCredential, error) {
-	rows, err := db.QueryContext(ctx, `SELECT id, credential_id, credential_hash FROM agents WHERE credential_hash IS NOT NULL`)
+	rows, err := db.QueryContext(ctx, `SELECT id, credential_id, credential_hash, doc, row_version FROM agents WHERE credential_hash IS NOT NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("list agent credentials: %w", err)
 	}
@@ -134,7 +134,7 @@ func ListAgentCredentials(ctx context.Context, db Queryer) ([]AgentCredential, e
 	var out []AgentCredential
 	for rows.Next() {
 		var c AgentCredential
-		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash); err != nil {
+		if err := rows.Scan(&c.AgentID, &c.CredentialID, &c.CredentialHash, &c.Record, &c.RowVersion); err != nil {
 			return nil, fmt.Errorf("list agent credentials: %w", err)
 		}
 		out = append(out, c)

@@ -113,9 +113,14 @@ func (a *Agent) Clone() *Agent {
 var WellKnownLabels = []string{"platform", "node", "cluster", "version", "os", "kernel", "hostname", "arch"}
 
 // AgentCredential is an agent's current credential as its record names
-// it: the credential's jti and the hex SHA-256 the fleet recorded.
+// it: the credential's jti and the hex SHA-256 the fleet recorded. It
+// comes with the record itself as stored (the document DecodeAgent
+// reads, at RowVersion), which a replica's start keeps for the agent's
+// first report instead of reading it again then.
 type AgentCredential struct {
 	AgentID, CredentialID, CredentialHash string
+	Record                                string
+	RowVersion                            int64
 }
 
 // AgentFilter narrows ListAgents. Zero fields match everything.
@@ -191,8 +196,8 @@ type Agents interface {
 	AgentByID(ctx context.Context, id string) (*Agent, error)
 	ListAgents(ctx context.Context, f AgentFilter) ([]*Agent, error)
 	// ListAgentCredentials lists the current credential of every agent
-	// whose record holds its hash (Agent.CredentialHash), for a fleet
-	// replica's start.
+	// whose record holds its hash (Agent.CredentialHash), with the
+	// record, for a fleet replica's start.
 	ListAgentCredentials(ctx context.Context) ([]AgentCredential, error)
 	// MarkAllDisconnected clears Connected on the agents whose record
 	// was last written before before. A process that just started at
