@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/gorilla/websocket"
+	"github.com/open-telemetry/opamp-go/protobufs"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -149,13 +150,27 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 		return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", s)
 	}
 
+	// As opamp-go does on a new WebSocket: the sequence goes on, the
+	// first message says nothing; asked for its full state, it sends it.
+	before, err := f.st.AgentByID(t.Context(), uidHex)
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg, c := restart()
-	sendMsg(t, c, enrollMsg("first report"))
-	readMsg(t, c)
+	sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
+	if resp := readMsg(t, c); resp.Flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) == 0 {
+		t.Fatalf("reply to an empty first message on a new connection: flags %b, want ReportFullState", resp.Flags)
+	}
+	full := enrollMsg("first report")
+	full.SequenceNum = 8
+	sendMsg(t, c, full) // (a bare acknowledgement, not sent on a WebSocket)
 	waitFor(t, "first report stored", func() bool {
 		ag, err := f.st.AgentByID(t.Context(), uidHex)
 		return err == nil && ag.Hostname == "first report" && ag.Connected
 	})
+	if ag, _ := f.st.AgentByID(t.Context(), uidHex); ag.RowVersion != before.RowVersion+1 {
+		t.Errorf("the empty first message and the full state: record at version %d, was %d; want one write", ag.RowVersion, before.RowVersion)
+	}
 	if p, r := source(reg, "preloaded"), source(reg, "read"); p != 1 || r != 0 {
 		t.Errorf("first report after a restart: %v from the preloaded record, %v read; want 1, 0", p, r)
 	}
