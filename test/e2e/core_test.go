@@ -313,3 +313,39 @@ func scrape(t *testing.T, url, sample string) string {
 	}
 	return ""
 }
+
+// TestAgentGoneDuringACrashIsMarkedDisconnected: an agent that was
+// connected when the fleet was SIGKILLed and does not come back is shown
+// disconnected shortly after the restart (the fleet marks the agents that
+// did not reconnect once a reconnect storm is over, 10 s after its start),
+// while one that comes back stays connected.
+func TestAgentGoneDuringACrashIsMarkedDisconnected(t *testing.T) {
+	f := fleettest.StartFleet(t)
+	project := f.MustCLI("project", "create", "crash")
+	boot := f.MustCLI("token", "create", "--project", project, "--name", "boot", "--scope", "enroll")
+	gone := fleettest.StartAgent(t, "", "--fleet-address", f.URL, "--insecure", "--bootstrap-token", boot, "--node", "gone", "--platform", "systemd")
+	a := waitConnected(t, f, project, "", true, 10*time.Second)
+	stays := fleettest.StartAgent(t, "", "--fleet-address", f.URL, "--insecure", "--bootstrap-token", boot, "--node", "stays", "--platform", "systemd")
+	var b *store.Agent
+	fleettest.Eventually(t, 10*time.Second, "the second agent connected", func() (bool, string) {
+		for _, ag := range agents(t, f, project) {
+			if ag.ID != a.ID && ag.Connected && ag.CredentialID != "" {
+				b = ag
+				return true, ""
+			}
+		}
+		return false, ""
+	})
+	_ = stays
+
+	f.Kill()
+	gone.Stop()
+	f.Start()
+	restarted := time.Now()
+	waitConnected(t, f, project, b.ID, true, 20*time.Second)
+	waitConnected(t, f, project, a.ID, false, 25*time.Second)
+	t.Logf("agent gone during the crash shown disconnected %s after the restart", time.Since(restarted).Round(time.Millisecond))
+	if got := waitConnected(t, f, project, b.ID, true, time.Second); !got.Connected {
+		t.Errorf("the agent that came back: %+v, want connected", got)
+	}
+}
