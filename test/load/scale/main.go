@@ -401,7 +401,16 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		close(stormProfiled)
 	}
 	defer func() { <-stormProfiled }()
-	if _, err := waitConnected(func() float64 { return metric(f.url, "fleetprof_opamp_connected_agents") }, n, 10*time.Minute); err != nil {
+	lastProgress = time.Time{}
+	if _, err := waitConnected(func() float64 {
+		v := metric(f.url, "fleetprof_opamp_connected_agents")
+		if progress && time.Since(lastProgress) >= 250*time.Millisecond {
+			lastProgress = time.Now()
+			fmt.Fprintf(os.Stderr, "storm %5.2fs: connected %v, records written from the start's listing %v\n", time.Since(killedAt).Seconds(), v,
+				metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="preloaded"}`))
+		}
+		return v
+	}, n, 10*time.Minute); err != nil {
 		return nil, fmt.Errorf("reconnect storm: %w", err)
 	}
 	r.recovery = time.Since(killedAt)
