@@ -32,3 +32,32 @@ func DecodeAgent(doc string, ver int64) (*Agent, error) {
 	a.RowVersion = ver
 	return a, nil
 }
+
+// briefDoc is the part of an agent's document a Brief listing fills
+// (BriefFields): decoding it skips descriptions and effective configs.
+type briefDoc struct {
+	ID           string            `json:"id"`
+	ProjectID    string            `json:"projectId"`
+	Hostname     string            `json:"hostname"`
+	Platform     string            `json:"platform"`
+	Version      string            `json:"version"`
+	Labels       map[string]string `json:"labels"`
+	Connected    bool              `json:"connected"`
+	Healthy      bool              `json:"healthy"`
+	Health       string            `json:"health"`
+	ConfigHash   string            `json:"configHash"`
+	ConfigStatus string            `json:"configStatus"`
+	ConfigError  string            `json:"configError"`
+}
+
+// DecodeBrief returns the brief record (BriefFields) a stored document
+// holds, at row version ver.
+func DecodeBrief(doc string, ver int64) (*Agent, error) {
+	var b briefDoc
+	if err := json.Unmarshal([]byte(doc), &b); err != nil {
+		return nil, fmt.Errorf("decode agent: %w", err)
+	}
+	return &Agent{ID: b.ID, ProjectID: b.ProjectID, RowVersion: ver, Labels: b.Labels, Platform: b.Platform, Hostname: b.Hostname,
+		Version: b.Version, Connected: b.Connected, Healthy: b.Healthy, Health: b.Health, ConfigHash: b.ConfigHash,
+		ConfigStatus: b.ConfigStatus, ConfigError: b.ConfigError}, nil
+}

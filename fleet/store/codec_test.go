@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -76,5 +77,42 @@ func FuzzDecodeAgent(f *testing.F) {
 		if diff := cmp.Diff(&want, got); diff != "" {
 			t.Errorf("DecodeAgent(%q) differs from encoding/json (-want +got):\n%s", doc, diff)
 		}
+		b, err := DecodeBrief(doc, 3)
+		if err != nil {
+			t.Fatalf("DecodeBrief(%q) refuses what encoding/json reads: %v", doc, err)
+		}
+		if diff := cmp.Diff(brief(&want), b); diff != "" {
+			t.Errorf("DecodeBrief(%q) differs from encoding/json's brief fields (-want +got):\n%s", doc, diff)
+		}
 	})
+}
+
+// brief is a with only BriefFields set.
+func brief(a *Agent) *Agent {
+	out := &Agent{}
+	src, dst := reflect.ValueOf(a).Elem(), reflect.ValueOf(out).Elem()
+	for _, f := range BriefFields {
+		dst.FieldByName(f).Set(src.FieldByName(f))
+	}
+	return out
+}
+
+// DecodeBrief fills exactly BriefFields, as the whole record holds them.
+func TestDecodeBrief(t *testing.T) {
+	for _, a := range []*Agent{fullAgent(), {ID: "bare"}} {
+		doc, err := EncodeAgent(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeBrief(string(doc), a.RowVersion)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(brief(a), got); diff != "" {
+			t.Errorf("DecodeBrief (-want +got):\n%s", diff)
+		}
+	}
+	if _, err := DecodeBrief(`{"labels": []}`, 0); err == nil {
+		t.Error("a list for the labels decoded")
+	}
 }

@@ -430,33 +430,8 @@ func (s *Store) AgentByID(ctx context.Context, id string) (*store.Agent, error) 
 	return store.DecodeAgent(doc, ver)
 }
 
-// briefCols are the columns of a Brief agent listing (store.BriefFields),
-// read from the record without decoding it in Go.
-const briefCols = `id, project_id, row_version, COALESCE(json_extract(doc, '$.labels'), '{}'),
-	COALESCE(json_extract(doc, '$.platform'), ''), COALESCE(json_extract(doc, '$.hostname'), ''), COALESCE(json_extract(doc, '$.version'), ''),
-	COALESCE(json_extract(doc, '$.connected'), 0), COALESCE(json_extract(doc, '$.healthy'), 0), COALESCE(json_extract(doc, '$.health'), ''),
-	COALESCE(json_extract(doc, '$.configHash'), ''), COALESCE(json_extract(doc, '$.configStatus'), ''), COALESCE(json_extract(doc, '$.configError'), '')`
-
-func scanBrief(rows *sql.Rows) (*store.Agent, error) {
-	a := &store.Agent{}
-	var labels string
-	var connected, healthy int64
-	if err := rows.Scan(&a.ID, &a.ProjectID, &a.RowVersion, &labels, &a.Platform, &a.Hostname, &a.Version,
-		&connected, &healthy, &a.Health, &a.ConfigHash, &a.ConfigStatus, &a.ConfigError); err != nil {
-		return nil, err
-	}
-	a.Connected, a.Healthy = connected != 0, healthy != 0
-	if err := json.Unmarshal([]byte(labels), &a.Labels); err != nil {
-		return nil, fmt.Errorf("decode labels of agent %s: %w", a.ID, err)
-	}
-	return a, nil
-}
-
 func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
 	q := `SELECT doc, row_version FROM agents`
-	if f.Brief {
-		q = `SELECT ` + briefCols + ` FROM agents`
-	}
 	var args []any
 	var where []string
 	if f.ProjectID != "" {
@@ -481,20 +456,20 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]*store.A
 	defer rows.Close()
 	var out []*store.Agent
 	for rows.Next() {
-		var a *store.Agent
+		var doc string
+		var ver int64
+		if err := rows.Scan(&doc, &ver); err != nil {
+			return nil, fmt.Errorf("list agents: %w", full(err))
+		}
+		// A brief listing decodes only the brief fields, in Go: ten
+		// json_extract calls per record in SQL took twice as long.
+		decode := store.DecodeAgent
 		if f.Brief {
-			if a, err = scanBrief(rows); err != nil {
-				return nil, fmt.Errorf("list agents: %w", full(err))
-			}
-		} else {
-			var doc string
-			var ver int64
-			if err := rows.Scan(&doc, &ver); err != nil {
-				return nil, fmt.Errorf("list agents: %w", full(err))
-			}
-			if a, err = store.DecodeAgent(doc, ver); err != nil {
-				return nil, err
-			}
+			decode = store.DecodeBrief
+		}
+		a, err := decode(doc, ver)
+		if err != nil {
+			return nil, err
 		}
 		if f.Match == nil || f.Match(a) {
 			out = append(out, a)
