@@ -126,7 +126,12 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 		return err == nil && ag.CredentialHash != ""
 	})
 	a.Close()
-	waitFor(t, "disconnect", func() bool { return len(f.srv.Connected()) == 0 })
+	// The close writes "disconnected" after the connection is gone:
+	// wait for the write, or the restart would list the record before it.
+	waitFor(t, "disconnect stored", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		return err == nil && !ag.Connected
+	})
 
 	restart := func() (*prometheus.Registry, *websocket.Conn) {
 		t.Helper()
