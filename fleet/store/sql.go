@@ -65,6 +65,83 @@ type Queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
+// RolloutCols are the columns of the rollouts table, in the order both
+// backends read and insert them.
+const RolloutCols = `id, project_id, config_id, config_hash, selector, specificity, canary, wave_percent, wave_count, wave_pause_ms,
+	max_failure_percent, stages, stage, stage_started_at, next_stage_at, status, reason, created_by, created_at, updated_at, row_version`
+
+// ApplyRolloutChange is the Rollouts.ApplyRolloutChange of both backends:
+// inTx runs its writes in one transaction, isUnique tells the backend's
+// unique-violation error (a creating change of an existing rollout).
+func ApplyRolloutChange(ctx context.Context, ch *RolloutChange, inTx func(func(Execer) error) error, isUnique func(error) bool) error {
+	r := ch.Rollout
+	if ch.Create && r == nil {
+		return fmt.Errorf("create rollout: no rollout")
+	}
+	now := time.Now().UTC()
+	if ch.Create && r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	if r != nil && r.UpdatedAt.IsZero() {
+		r.UpdatedAt = now
+		if ch.Create {
+			r.UpdatedAt = r.CreatedAt
+		}
+	}
+	err := inTx(func(tx Execer) error {
+		switch {
+		case ch.Create:
+			_, err := tx.ExecContext(ctx, `INSERT INTO rollouts(`+RolloutCols+`) VALUES `+Values(1, 21),
+				r.ID, r.ProjectID, r.ConfigID, r.ConfigHash, r.Selector, r.Specificity, r.Canary, r.WavePercent, r.WaveCount,
+				r.WavePause.Milliseconds(), r.MaxFailurePercent, r.Stages, r.Stage, millis(r.StageStartedAt), millis(r.NextStageAt),
+				r.Status, r.Reason, r.CreatedBy, r.CreatedAt.UnixMilli(), r.UpdatedAt.UnixMilli(), 1)
+			if isUnique(err) {
+				return fmt.Errorf("create rollout %s: %w", r.ID, ErrConflict)
+			}
+			if err != nil {
+				return err
+			}
+		case r != nil:
+			res, err := tx.ExecContext(ctx, `UPDATE rollouts SET stage = ?, stages = ?, stage_started_at = ?, next_stage_at = ?, status = ?,
+				reason = ?, updated_at = ?, row_version = ? WHERE id = ? AND row_version = ?`,
+				r.Stage, r.Stages, millis(r.StageStartedAt), millis(r.NextStageAt), r.Status, r.Reason, r.UpdatedAt.UnixMilli(), r.RowVersion+1, r.ID, r.RowVersion)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return fmt.Errorf("update rollout %s at version %d: %w", r.ID, r.RowVersion, ErrConflict)
+			}
+		}
+		if err := UpsertRolloutAgents(ctx, tx, ch.Agents); err != nil {
+			return err
+		}
+		if err := UpsertAssignments(ctx, tx, ch.Assign); err != nil {
+			return err
+		}
+		for _, id := range ch.Unassign {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM config_assignments WHERE agent_id = ?`, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	switch {
+	case err == nil && ch.Create:
+		r.RowVersion = 1
+	case err == nil && r != nil:
+		r.RowVersion++
+	}
+	return err
+}
+
+// millis is t in Unix milliseconds, or NULL.
+func millis(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
 // UpsertRolloutAgents writes rollout rows, RowsPerInsert per statement
 // (a stage start of 19,000 agents was 19,000 statements); of rows that
 // name the same agent twice the last wins. Both backends write them so.

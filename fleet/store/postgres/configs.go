@@ -157,8 +157,7 @@ func (s *Store) inTx(ctx context.Context, what string, fn func(tx rtx) error) er
 	return nil
 }
 
-const rolloutCols = `id, project_id, config_id, config_hash, selector, specificity, canary, wave_percent, wave_count, wave_pause_ms,
-	max_failure_percent, stages, stage, stage_started_at, next_stage_at, status, reason, created_by, created_at, updated_at, row_version`
+const rolloutCols = store.RolloutCols
 
 func scanRollout(r scanner) (*store.Rollout, error) {
 	ro := &store.Rollout{}
@@ -261,61 +260,7 @@ func (s *Store) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*sto
 }
 
 func (s *Store) ApplyRolloutChange(ctx context.Context, ch *store.RolloutChange) error {
-	r := ch.Rollout
-	now := time.Now().UTC()
-	if ch.Create && r == nil {
-		return fmt.Errorf("create rollout: no rollout")
-	}
-	if ch.Create && r.CreatedAt.IsZero() {
-		r.CreatedAt = now
-	}
-	if r != nil && r.UpdatedAt.IsZero() {
-		r.UpdatedAt = now
-		if ch.Create {
-			r.UpdatedAt = r.CreatedAt
-		}
-	}
-	err := s.inTx(ctx, "apply rollout change", func(tx rtx) error {
-		if ch.Create {
-			_, err := tx.ExecContext(ctx, `INSERT INTO rollouts(`+rolloutCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-				r.ID, r.ProjectID, r.ConfigID, r.ConfigHash, r.Selector, r.Specificity, r.Canary, r.WavePercent, r.WaveCount,
-				r.WavePause.Milliseconds(), r.MaxFailurePercent, r.Stages, r.Stage, msp(r.StageStartedAt), msp(r.NextStageAt),
-				r.Status, r.Reason, r.CreatedBy, ms(r.CreatedAt), ms(r.UpdatedAt), 1)
-			if isUnique(err) {
-				return fmt.Errorf("create rollout %s: %w", r.ID, store.ErrConflict)
-			}
-			if err != nil {
-				return err
-			}
-		} else if r != nil {
-			res, err := tx.ExecContext(ctx, `UPDATE rollouts SET stage = ?, stages = ?, stage_started_at = ?, next_stage_at = ?, status = ?,
-				reason = ?, updated_at = ?, row_version = ? WHERE id = ? AND row_version = ?`,
-				r.Stage, r.Stages, msp(r.StageStartedAt), msp(r.NextStageAt), r.Status, r.Reason, ms(r.UpdatedAt), r.RowVersion+1, r.ID, r.RowVersion)
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				return fmt.Errorf("update rollout %s at version %d: %w", r.ID, r.RowVersion, store.ErrConflict)
-			}
-		}
-		if err := store.UpsertRolloutAgents(ctx, tx, ch.Agents); err != nil {
-			return err
-		}
-		if err := store.UpsertAssignments(ctx, tx, ch.Assign); err != nil {
-			return err
-		}
-		for _, id := range ch.Unassign {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM config_assignments WHERE agent_id = ?`, id); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	switch {
-	case err == nil && ch.Create:
-		r.RowVersion = 1
-	case err == nil && r != nil:
-		r.RowVersion++
-	}
-	return err
+	return store.ApplyRolloutChange(ctx, ch, func(f func(store.Execer) error) error {
+		return s.inTx(ctx, "apply rollout change", func(tx rtx) error { return f(tx) })
+	}, isUnique)
 }
