@@ -289,7 +289,9 @@ func testAgents(t *testing.T, s store.Store) {
 
 	// MarkAllDisconnected clears Connected and bumps the version of the
 	// agents it changed (written before the time given); the rest of the
-	// record stays.
+	// record stays. (Times are stored in milliseconds: the writes above
+	// must fall in an earlier one than before.)
+	time.Sleep(5 * time.Millisecond)
 	before := time.Now()
 	time.Sleep(5 * time.Millisecond)
 	late := Agent("a4", "p3")
