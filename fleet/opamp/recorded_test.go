@@ -56,19 +56,7 @@ func TestReconnectWithRecordedCredential(t *testing.T) {
 	waitFor(t, "disconnect", func() bool { return len(f.srv.Connected()) == 0 })
 
 	// A restarted server knows the credential once it loaded the records.
-	reg2 := prometheus.NewRegistry()
-	srv2, err := New(Options{Store: f.st, Auth: f.auth, Registerer: reg2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv2.LoadRecorded(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	hs := serve(t, srv2)
-	c2, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + cred}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg2, c2 := restarted(t, f, cred)
 	c2.Close()
 	if got := counterVec(t, reg2, "fleetprof_opamp_credential_checks_total", "recorded"); got != 1 {
 		t.Errorf("restarted server: %v connections checked on the record, want 1", got)
@@ -133,24 +121,6 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 		return err == nil && !ag.Connected
 	})
 
-	restart := func() (*prometheus.Registry, *websocket.Conn) {
-		t.Helper()
-		reg := prometheus.NewRegistry()
-		srv, err := New(Options{Store: f.st, Auth: f.auth, Registerer: reg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.LoadRecorded(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		hs := serve(t, srv)
-		c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + cred}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return reg, c
-	}
 	source := func(reg *prometheus.Registry, s string) float64 {
 		return counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", s)
 	}
@@ -161,7 +131,7 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg, c := restart()
+	reg, c := restarted(t, f, cred)
 	sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
 	if resp := readMsg(t, c); resp.Flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) == 0 {
 		t.Fatalf("reply to an empty first message on a new connection: flags %b, want ReportFullState", resp.Flags)
@@ -186,7 +156,7 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 	})
 
 	// Written after the listing: the preloaded record is stale.
-	reg, c = restart()
+	reg, c = restarted(t, f, cred)
 	ag, err := f.st.AgentByID(t.Context(), uidHex)
 	if err != nil {
 		t.Fatal(err)
@@ -208,4 +178,25 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 	if p, r := source(reg, "preloaded"), source(reg, "read"); p != 1 || r != 1 {
 		t.Errorf("report on a stale preloaded record: %v preloaded, %v read; want 1, 1 (the conflict's retry)", p, r)
 	}
+}
+
+// restarted starts another server on f's store, as a restart does (it
+// loads the recorded credentials before serving), and dials it with tok.
+func restarted(t *testing.T, f *fixture, tok string) (*prometheus.Registry, *websocket.Conn) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := New(Options{Store: f.st, Auth: f.auth, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.LoadRecorded(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	hs := serve(t, srv)
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return reg, c
 }
