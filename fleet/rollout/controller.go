@@ -958,6 +958,7 @@ func (c *Controller) startStage(ctx context.Context, r *store.Rollout, ras []*st
 	if err := c.st.ApplyRolloutChange(ctx, ch); err != nil {
 		return err
 	}
+	apply(ras, ch.Agents)
 	c.stageStarted(r, ras, ch, push, briefs, now)
 	return nil
 }
@@ -1015,10 +1016,10 @@ func (c *Controller) stageChange(ctx context.Context, r *store.Rollout, ras []*s
 }
 
 // stageStarted follows a stored stage start ch: r becomes the stored
-// rollout, ras its rows; the stage is tracked and its agents pushed.
+// rollout; ras, its rows, already hold the change. The stage is tracked
+// and its agents pushed.
 func (c *Controller) stageStarted(r *store.Rollout, ras []*store.RolloutAgent, ch *store.RolloutChange, push map[string]bool, briefs map[string]*store.Agent, now time.Time) {
 	*r = *ch.Rollout
-	apply(ras, ch.Agents)
 	c.track(r, ras, now)
 	c.qmu.Lock()
 	if _, ok := c.watch[r.ConfigHash]; !ok {

@@ -779,6 +779,9 @@ func testRollouts(t *testing.T, s store.Store) {
 	if asg, err := s.AssignmentByAgent(ctx, "a3"); err != nil || asg.RolloutID != "r3" {
 		t.Errorf("assignment of the creating change: %+v, %v", asg, err)
 	}
+	if err := s.ApplyRolloutChange(ctx, &store.RolloutChange{Create: true}); err == nil || errors.Is(err, store.ErrConflict) {
+		t.Errorf("a creating change without a rollout: %v, want an error of its own", err)
+	}
 	again := *r3
 	err = s.ApplyRolloutChange(ctx, &store.RolloutChange{Create: true, Rollout: &again,
 		Assign: []*store.Assignment{{AgentID: "a4", ProjectID: "p", ConfigID: "caa", ConfigHash: "aa", RolloutID: "r3", UpdatedAt: r3.CreatedAt}}})
