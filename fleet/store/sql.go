@@ -147,44 +147,73 @@ func millis(t *time.Time) any {
 // name the same agent twice the last wins. Both backends write them so.
 func UpsertRolloutAgents(ctx context.Context, tx Execer, agents []*RolloutAgent) error {
 	agents = LastByKey(agents, func(a *RolloutAgent) string { return a.RolloutID + "\x00" + a.AgentID })
-	for len(agents) > 0 {
-		n := min(len(agents), RowsPerInsert)
-		args := make([]any, 0, 7*n)
-		for _, a := range agents[:n] {
-			if a.UpdatedAt.IsZero() {
-				a.UpdatedAt = time.Now().UTC()
-			}
-			args = append(args, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, a.UpdatedAt.UnixMilli())
+	return execRows(ctx, tx, len(agents), func(n int) string {
+		return `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
+			VALUES ` + Values(n, 7) + ` ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
+			previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`
+	}, func(args []any, i int) []any {
+		a := agents[i]
+		if a.UpdatedAt.IsZero() {
+			a.UpdatedAt = time.Now().UTC()
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO rollout_agents(rollout_id, agent_id, stage, previous_config_id, state, error, updated_at)
-			VALUES `+Values(n, 7)+` ON CONFLICT (rollout_id, agent_id) DO UPDATE SET stage = excluded.stage,
-			previous_config_id = excluded.previous_config_id, state = excluded.state, error = excluded.error, updated_at = excluded.updated_at`, args...); err != nil {
-			return err
-		}
-		agents = agents[n:]
-	}
-	return nil
+		return append(args, a.RolloutID, a.AgentID, a.Stage, a.PreviousConfigID, a.State, a.Error, a.UpdatedAt.UnixMilli())
+	})
 }
 
 // UpsertAssignments writes config assignments, RowsPerInsert per statement;
 // of assignments of the same agent the last wins.
 func UpsertAssignments(ctx context.Context, tx Execer, as []*Assignment) error {
 	as = LastByKey(as, func(a *Assignment) string { return a.AgentID })
-	for len(as) > 0 {
-		n := min(len(as), RowsPerInsert)
-		args := make([]any, 0, 6*n)
-		for _, a := range as[:n] {
-			if a.UpdatedAt.IsZero() {
-				a.UpdatedAt = time.Now().UTC()
-			}
-			args = append(args, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, a.UpdatedAt.UnixMilli())
+	return execRows(ctx, tx, len(as), func(n int) string {
+		return `INSERT INTO config_assignments(agent_id, project_id, config_id, config_hash, rollout_id, updated_at)
+			VALUES ` + Values(n, 6) + ` ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
+			config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`
+	}, func(args []any, i int) []any {
+		a := as[i]
+		if a.UpdatedAt.IsZero() {
+			a.UpdatedAt = time.Now().UTC()
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO config_assignments(agent_id, project_id, config_id, config_hash, rollout_id, updated_at)
-			VALUES `+Values(n, 6)+` ON CONFLICT (agent_id) DO UPDATE SET project_id = excluded.project_id, config_id = excluded.config_id,
-			config_hash = excluded.config_hash, rollout_id = excluded.rollout_id, updated_at = excluded.updated_at`, args...); err != nil {
+		return append(args, a.AgentID, a.ProjectID, a.ConfigID, a.ConfigHash, a.RolloutID, a.UpdatedAt.UnixMilli())
+	})
+}
+
+// Preparer prepares a statement in ? placeholders: both backends'
+// transactions.
+type Preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
+// execRows writes n rows in multi-row statements of at most RowsPerInsert
+// rows each: query(k) is the statement for k rows, row appends row i's
+// arguments. When the full-size statement runs more than once and tx can
+// prepare, it is prepared once: SQLite parses a 500-row statement anew on
+// every Exec, a fifth of the CPU of a 19,000-agent rollout's writes.
+func execRows(ctx context.Context, tx Execer, n int, query func(rows int) string, row func(args []any, i int) []any) error {
+	var full *sql.Stmt
+	if p, ok := tx.(Preparer); ok && n >= 2*RowsPerInsert {
+		st, err := p.PrepareContext(ctx, query(RowsPerInsert))
+		if err != nil {
 			return err
 		}
-		as = as[n:]
+		defer st.Close()
+		full = st
+	}
+	var args []any
+	for lo := 0; lo < n; lo += RowsPerInsert {
+		hi := min(n, lo+RowsPerInsert)
+		args = args[:0]
+		for i := lo; i < hi; i++ {
+			args = row(args, i)
+		}
+		var err error
+		if full != nil && hi-lo == RowsPerInsert {
+			_, err = full.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, query(hi-lo), args...)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -24,11 +24,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -68,7 +71,11 @@ func worker(args []string) error {
 	hb := fs.Duration("heartbeat", 30*time.Second, "heartbeat")
 	conc := fs.Int("concurrency", 32, "agents enrolling at once")
 	bareMode := fs.Bool("bare", false, "the server offers no credential: start agents paced, not on enrollment")
+	prof := fs.String("cpuprofile", "", "on SIGUSR1 start a CPU profile to this file, on SIGUSR2 stop it")
 	_ = fs.Parse(args)
+	if *prof != "" {
+		go profileOnSignal(*prof)
+	}
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(*src)}, Timeout: 10 * time.Second}
 	// opamp-go copies websocket.DefaultDialer for each client; setting its
 	// NetDialContext here puts every agent of this process on src.
@@ -103,6 +110,38 @@ func worker(args []string) error {
 		go func() { _ = c.Run(ctx) }()
 	}
 	select {}
+}
+
+// profileOnSignal writes a CPU profile of this process to file between a
+// SIGUSR1 and the next SIGUSR2 (-profile-load).
+func profileOnSignal(file string) {
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2)
+	var f *os.File
+	for s := range ch {
+		switch {
+		case s == syscall.SIGUSR1 && f == nil:
+			var err error
+			if f, err = os.Create(file); err == nil && pprof.StartCPUProfile(f) != nil {
+				f.Close()
+				f = nil
+			}
+		case s == syscall.SIGUSR2 && f != nil:
+			pprof.StopCPUProfile()
+			f.Close()
+			f = nil
+		}
+	}
+}
+
+// signalWorkers sends sig to every load process when -profile-load is set.
+func signalWorkers(ws []*exec.Cmd, sig os.Signal) {
+	if profileLoad == "" {
+		return
+	}
+	for _, w := range ws {
+		_ = w.Process.Signal(sig)
+	}
 }
 
 func readProc(pid int) (rssKiB, ticks int64) {
@@ -223,6 +262,13 @@ func startWorkers(n, per int, url, boot, dir string, hb time.Duration, bare bool
 			"-src", fmt.Sprintf("127.0.0.%d", 2+k), "-dir", dir, "-heartbeat", hb.String()}
 		if bare {
 			args = append(args, "-bare")
+		}
+		if profileLoad != "" {
+			which := "fleet"
+			if bare {
+				which = "bare"
+			}
+			args = append(args, "-cpuprofile", fmt.Sprintf("%s-%s-%d", profileLoad, which, k))
 		}
 		w := exec.Command(self, args...)
 		w.Stderr = io.Discard
@@ -348,6 +394,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	} else {
 		close(profiled)
 	}
+	signalWorkers(ws, syscall.SIGUSR1)
 	c0, l0 := cpuSeconds(f.cmd.Process.Pid), cpuSeconds(pids(ws)...)
 	t0 := time.Now()
 	var lastProgress time.Time
@@ -370,6 +417,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 			// clock): the poll's own period does not count.
 			r.push = min(st.UpdatedAt.Sub(t0), time.Since(t0))
 			r.pushCPU, r.pushLoadCPU = cpuSeconds(f.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
+			signalWorkers(ws, syscall.SIGUSR2)
 			break
 		}
 		if st.Status != "running" && st.Status != "pending" {
@@ -505,6 +553,7 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	r.rssPer = float64(r.rss-r.rss0) / float64(n)
 
 	yaml := fmt.Sprintf(pushYAML, strings.Repeat("y", 900))
+	signalWorkers(ws, syscall.SIGUSR1)
 	c0, l0 := cpuSeconds(b.cmd.Process.Pid), cpuSeconds(pids(ws)...)
 	t0 := time.Now()
 	resp, err := http.Post("http://"+b.ctl+"/push", "application/yaml", strings.NewReader(yaml))
@@ -517,6 +566,7 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	}
 	r.push = time.Since(t0)
 	r.pushCPU, r.pushLoadCPU = cpuSeconds(b.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
+	signalWorkers(ws, syscall.SIGUSR2)
 
 	b.kill()
 	l0 = cpuSeconds(pids(ws)...)
@@ -568,6 +618,7 @@ func run() error {
 	flag.StringVar(&profileStorm, "profile-storm", "", "write a CPU profile of the restarted fleet during the reconnect storm to this file")
 	flag.StringVar(&fleetLogLevel, "fleet-log-level", "error", "the fleet's --log-level (its log goes to stderr; info shows the rollout's steps with times)")
 	flag.BoolVar(&progress, "progress", false, "print the rollout's progress every 0.5 s of the push to stderr")
+	flag.StringVar(&profileLoad, "profile-load", "", "write a CPU profile of each load process during the push to PREFIX-fleet-K and PREFIX-bare-K")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
@@ -638,7 +689,7 @@ func run() error {
 // profilePush, when set, is where a CPU profile of the fleet during the
 // config push is written (-profile-push).
 var (
-	profilePush, profileIdle, profileStorm string
+	profilePush, profileIdle, profileStorm, profileLoad string
 	// fleetLogLevel is the fleet's --log-level (-fleet-log-level).
 	fleetLogLevel  string
 	progress       bool
