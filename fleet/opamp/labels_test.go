@@ -35,3 +35,24 @@ func TestApplyDescriptionCustomLabels(t *testing.T) {
 		t.Errorf("labels (-want +got):\n%s", diff)
 	}
 }
+
+// TestApplyDescriptionKeepsTokenLabels: a label the agent got from its
+// bootstrap token wins over the agent's own label of that name, in every
+// description the agent sends, not only the first (the note of which
+// labels came from the token used to be replaced with the description).
+func TestApplyDescriptionKeepsTokenLabels(t *testing.T) {
+	a := &store.Agent{
+		ID:          "a1",
+		Labels:      map[string]string{"team": "perf"},
+		Description: map[string]string{"fleetprof.token_label.team": "perf"},
+	}
+	msg := &protobufs.AgentToServer{AgentDescription: describe.Encode(describe.Agent{
+		InstanceID: "a1", Hostname: "h1", Platform: describe.PlatformSystemd, Labels: map[string]string{"team": "mine"},
+	})}
+	for i := range 2 {
+		applyDescription(a, msg, time.Unix(int64(i), 0))
+		if a.Labels["team"] != "perf" || a.Description["fleetprof.token_label.team"] != "perf" || a.Description["host.name"] != "h1" {
+			t.Fatalf("description %d: labels %v, description %v; want the token's team, its note kept", i+1, a.Labels, a.Description)
+		}
+	}
+}

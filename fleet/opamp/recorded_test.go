@@ -3,13 +3,17 @@ package opamp
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/open-telemetry/opamp-go/protobufs"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetprof/fleetprof/fleet/store"
 )
 
 // TestReconnectWithRecordedCredential: the first connection with an
@@ -184,19 +188,140 @@ func TestFirstReportStartsFromPreloadedRecord(t *testing.T) {
 // loads the recorded credentials before serving), and dials it with tok.
 func restarted(t *testing.T, f *fixture, tok string) (*prometheus.Registry, *websocket.Conn) {
 	t.Helper()
+	_, reg, url := restartedWith(t, f, Options{})
+	return reg, dialTo(t, url, tok)
+}
+
+// restartedWith starts the restarted server with o (its store, auth and
+// registerer set here) and returns it, its metrics and its URL.
+func restartedWith(t *testing.T, f *fixture, o Options) (*Server, *prometheus.Registry, string) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	srv, err := New(Options{Store: f.st, Auth: f.auth, Registerer: reg})
+	o.Store, o.Auth, o.Registerer = f.st, f.auth, reg
+	srv, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.LoadRecorded(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	hs := serve(t, srv)
-	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http")+Path, http.Header{"Authorization": {"Bearer " + tok}})
+	return srv, reg, serve(t, srv).URL
+}
+
+// dialTo dials the OpAMP WebSocket of the server at url with tok.
+func dialTo(t *testing.T, url, tok string) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+Path, http.Header{"Authorization": {"Bearer " + tok}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return reg, c
+	return c
+}
+
+// crashed leaves an agent enrolled and connected to f's server with
+// hostname host, as a fleet's crash leaves it: its record says connected
+// (nothing wrote otherwise). It returns the agent's credential and the
+// record.
+func crashed(t *testing.T, f *fixture, host string) (string, *store.Agent) {
+	t.Helper()
+	cred := enrolled(t, f, host)
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg(host))
+	readMsg(t, a)
+	var rec *store.Agent
+	waitFor(t, "the record written with the credential", func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		rec = ag
+		return err == nil && ag.CredentialHash != "" && ag.Connected && ag.PendingCredentialID == ""
+	})
+	return cred, rec
+}
+
+// TestReconnectThatChangesNothingWritesNothing: after a crash, an agent
+// back on a restarted fleet whose full state is what its record holds
+// costs no store write; on the store's sole writer (SQLite) no read
+// either. The rollouts still hear of it (OnAgentStatus, the record), and
+// its next report that changes something is written.
+func TestReconnectThatChangesNothingWritesNothing(t *testing.T) {
+	for _, sole := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sole writer %v", sole), func(t *testing.T) {
+			f := newFixture(t, Options{})
+			cred, before := crashed(t, f, "steady")
+			heard := make(chan *store.Agent, 4)
+			_, reg, url := restartedWith(t, f, Options{SoleWriter: sole, Callbacks: Callbacks{OnAgentStatus: func(a *store.Agent) { heard <- a }}})
+			c := dialTo(t, url, cred)
+			sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
+			readMsg(t, c) // ReportFullState
+			full := enrollMsg("steady")
+			full.SequenceNum = 8
+			sendMsg(t, c, full)
+			select {
+			case a := <-heard:
+				if a.Hostname != "steady" || !a.Connected || a.RowVersion != before.RowVersion {
+					t.Errorf("rollouts heard %+v; want the record at version %d", a, before.RowVersion)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the rollouts never heard of the agent that came back")
+			}
+			ag, err := f.st.AgentByID(t.Context(), uidHex)
+			if err != nil || ag.RowVersion != before.RowVersion || !ag.Connected {
+				t.Fatalf("record after a reconnect that changed nothing: %+v, %v; want version %d, connected", ag, err, before.RowVersion)
+			}
+			wantRead := 1.0
+			if sole {
+				wantRead = 0
+			}
+			if p, r := counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "preloaded"), counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "read"); p != 1 || r != wantRead {
+				t.Errorf("record reads: %v preloaded, %v read; want 1, %v", p, r, wantRead)
+			}
+
+			changed := enrollMsg("renamed")
+			changed.SequenceNum = 9
+			sendMsg(t, c, changed)
+			waitFor(t, "the change stored", func() bool {
+				ag, err := f.st.AgentByID(t.Context(), uidHex)
+				return err == nil && ag.Hostname == "renamed" && ag.RowVersion == before.RowVersion+1
+			})
+		})
+	}
+}
+
+// TestMarkGone: a restarted sole writer marks disconnected the agents
+// its store says are connected that did not come back, and only those.
+// One that comes back after the mark reads it and writes itself
+// connected again.
+func TestMarkGone(t *testing.T) {
+	f := newFixture(t, Options{})
+	cred, _ := crashed(t, f, "gone")
+	connected := func() bool {
+		ag, err := f.st.AgentByID(t.Context(), uidHex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ag.Connected
+	}
+
+	// Back before the mark: not marked.
+	srv, _, url := restartedWith(t, f, Options{SoleWriter: true})
+	c := dialTo(t, url, cred)
+	sendMsg(t, c, enrollMsg("gone"))
+	waitFor(t, "the agent back", func() bool { return len(srv.Connected()) == 1 })
+	n, err := srv.MarkGone(t.Context())
+	if err != nil || n != 0 || !connected() {
+		t.Fatalf("MarkGone with the agent back: %d marked, %v, connected %v; want 0 marked, still connected", n, err, connected())
+	}
+
+	// Not back: marked, and its record listed at the start dropped.
+	srv, reg, url := restartedWith(t, f, Options{SoleWriter: true})
+	n, err = srv.MarkGone(t.Context())
+	if err != nil || n != 1 || connected() {
+		t.Fatalf("MarkGone with the agent away: %d marked, %v, connected %v; want 1 marked, disconnected", n, err, connected())
+	}
+	c = dialTo(t, url, cred)
+	sendMsg(t, c, enrollMsg("gone"))
+	waitFor(t, "connected again", connected)
+	if p, r := counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "preloaded"), counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "read"); p != 0 || r != 1 {
+		t.Errorf("first report after the mark: %v preloaded, %v read; want 0, 1", p, r)
+	}
 }

@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,8 +96,15 @@ type Options struct {
 	// FailRotation is a test hook: when it returns true for an agent, the
 	// credential offered to it is revoked before it can be used.
 	FailRotation func(agentID string) bool
-	Callbacks    Callbacks
-	Now          func() time.Time
+	// SoleWriter says this process is the only writer of the agent
+	// records (the embedded SQLite store). A record LoadRecorded listed
+	// then stays true until this process writes it, so an agent's first
+	// report after a restart that changes nothing is neither read nor
+	// written. False (several replicas on PostgreSQL): such a report
+	// reads the record first.
+	SoleWriter bool
+	Callbacks  Callbacks
+	Now        func() time.Time
 }
 
 // Server serves OpAMP at Path.
@@ -557,6 +566,57 @@ func (s *Server) takePreloaded(agentID string) *store.Agent {
 	return a
 }
 
+// dropPreloaded forgets the record of agentID listed at the start.
+func (s *Server) dropPreloaded(agentID string) {
+	id, ok := instanceUID(agentID)
+	if !ok {
+		return
+	}
+	s.preMu.Lock()
+	delete(s.preloaded, id)
+	s.preMu.Unlock()
+}
+
+// MarkGone marks disconnected the agents whose record says connected but
+// that hold no connection here: run by the store's sole writer
+// (SoleWriter) a while after its start, the agents that were connected
+// before a crash and did not come back. An agent that does come back
+// needs no write for it (its first report writes nothing when nothing
+// changed); one that comes back while it is marked reads the mark and
+// writes itself connected. It returns how many it marked.
+func (s *Server) MarkGone(ctx context.Context) (int, error) {
+	as, err := s.o.Store.ListAgents(ctx, store.AgentFilter{Brief: true, Match: func(a *store.Agent) bool { return a.Connected }})
+	if err != nil {
+		return 0, fmt.Errorf("mark agents gone: %w", err)
+	}
+	n := 0
+	for _, b := range as {
+		if s.isLive(b.ID) {
+			continue
+		}
+		a, err := s.updateAgent(ctx, b.ID, func(a *store.Agent) error {
+			// Under the agent's lock, which its first report takes
+			// after registering the connection.
+			if !a.Connected || s.isLive(a.ID) {
+				return errNoChange
+			}
+			a.Connected = false
+			return nil
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return n, fmt.Errorf("mark agent %s gone: %w", b.ID, err)
+		}
+		if a != nil {
+			n++
+			s.o.Callbacks.OnAgentStatus(a)
+		}
+	}
+	return n, nil
+}
+
 // instanceUID parses an agent id (the hex instance uid).
 func instanceUID(agentID string) ([16]byte, bool) {
 	var id [16]byte
@@ -764,7 +824,15 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 	if msg.AgentDescription != nil {
 		d := describe.Decode(msg.AgentDescription)
 		a.Hostname, a.Platform, a.Version = d.Hostname, d.Platform, d.Version
-		a.Description = describe.Attributes(msg.AgentDescription)
+		desc := describe.Attributes(msg.AgentDescription)
+		// Which labels came from the bootstrap token is the fleet's
+		// note, not the agent's: it outlives the agent's descriptions.
+		for k, v := range a.Description {
+			if strings.HasPrefix(k, tokenLabelAttr) {
+				desc[k] = v
+			}
+		}
+		a.Description = desc
 		labels := d.SelectorLabels()
 		// Labels of the bootstrap token are kept and win: they are what
 		// the operator assigned.
@@ -800,8 +868,12 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 	}
 }
 
+// tokenLabelAttr prefixes the description entries that name the labels
+// an agent got from its bootstrap token.
+const tokenLabelAttr = "fleetprof.token_label."
+
 func isTokenLabel(a *store.Agent, k string) bool {
-	_, ok := a.Description["fleetprof.token_label."+k]
+	_, ok := a.Description[tokenLabelAttr+k]
 	return ok
 }
 
@@ -861,7 +933,7 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 			a.Description = map[string]string{}
 		}
 		for k := range c.claims.Labels {
-			a.Description["fleetprof.token_label."+k] = c.claims.Labels[k]
+			a.Description[tokenLabelAttr+k] = c.claims.Labels[k]
 		}
 		if err := s.o.Store.UpsertAgent(ctx, a); err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, err
@@ -939,7 +1011,15 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 				needOffer = true
 			}
 		}
-		if !changed(&before, a, c.lastWrite, now) && !needOffer && revokeOld == "" {
+		// A new connection's record was last written at its last-seen
+		// time: an agent back within lastSeenEvery (a fleet restart's
+		// reconnect storm) whose state is what the record holds writes
+		// nothing.
+		since := c.lastWrite
+		if since.IsZero() {
+			since = before.LastSeen
+		}
+		if !changed(&before, a, since, now) && !needOffer && revokeOld == "" {
 			return errNoChange
 		}
 		return nil
@@ -952,6 +1032,14 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	}
 	if a != nil {
 		c.lastWrite = now
+	} else if c.lastWrite.IsZero() && c.rec != nil {
+		// The connection's first report, and the record was right: it
+		// is what the rollouts and this connection go on from, as if
+		// written.
+		a = c.rec
+		c.lastWrite = a.LastSeen
+	}
+	if a != nil {
 		if a.CredentialHash != "" {
 			s.record(a.ID, a.CredentialID, a.CredentialHash)
 		}
@@ -1034,15 +1122,7 @@ func changed(b, a *store.Agent, lastWrite, now time.Time) bool {
 		b.PendingCredentialID != a.PendingCredentialID || b.RotationStatus != a.RotationStatus || b.RotationError != a.RotationError {
 		return true
 	}
-	if len(b.Labels) != len(a.Labels) {
-		return true
-	}
-	for k, v := range a.Labels {
-		if b.Labels[k] != v {
-			return true
-		}
-	}
-	return false
+	return !maps.Equal(b.Labels, a.Labels) || !maps.Equal(b.Description, a.Description)
 }
 
 func (s *Server) agentLock(id string) *sync.Mutex {
@@ -1067,15 +1147,20 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 	mu := s.agentLock(id)
 	mu.Lock()
 	defer mu.Unlock()
+	if cache == nil {
+		// Written by another path than the connection's own: the record
+		// listed at the start is no longer the record.
+		s.dropPreloaded(id)
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		var stored *store.Agent
-		fromCache := false
+		fromCache, preloaded := false, false
 		if cache != nil && attempt == 0 {
 			if *cache != nil {
 				fromCache = true
 				s.m.recordCache.WithLabelValues("hit").Inc()
 			} else if a := s.takePreloaded(id); a != nil {
-				*cache, fromCache = a, true
+				*cache, fromCache, preloaded = a, true, true
 				s.m.recordCache.WithLabelValues("preloaded").Inc()
 			}
 		}
@@ -1099,10 +1184,13 @@ func (s *Server) updateAgentVia(ctx context.Context, id string, cache **store.Ag
 			a = stored.Clone()
 		}
 		if err := fn(a); err != nil {
-			if errors.Is(err, errNoChange) && fromCache {
+			if errors.Is(err, errNoChange) && fromCache && !(preloaded && s.o.SoleWriter) {
 				// Nothing to write judged from the kept record, which
 				// someone else may have changed since (no write, so no
-				// row-version check to tell): judge a fresh read.
+				// row-version check to tell): judge a fresh read. A
+				// record listed at the start of the store's sole writer
+				// is still the record: every other write of it here
+				// dropped it (dropPreloaded).
 				*cache = nil
 				continue
 			}

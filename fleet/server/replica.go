@@ -56,10 +56,6 @@ type replica struct {
 	log      *zap.Logger
 }
 
-// markDisconnectedAfter is how long after its start a SQLite fleet marks
-// the agents that did not reconnect disconnected.
-const markDisconnectedAfter = 10 * time.Second
-
 // openReplica opens the store that o names, the signing keys and the
 // bus between replicas (its metrics go to reg).
 func openReplica(ctx context.Context, o Options, log *zap.Logger, reg prometheus.Registerer) (*replica, error) {
@@ -81,32 +77,6 @@ func openReplica(ctx context.Context, o Options, log *zap.Logger, reg prometheus
 		if err != nil {
 			return nil, err
 		}
-		// No agent is connected to a process that just started, but the
-		// records of those connected before a crash say they are. They
-		// are marked disconnected markDisconnectedAfter the start, once a
-		// reconnect storm is over: each agent that came back wrote its
-		// record since (its first report always writes), so the mark
-		// touches only the agents that did not. Marking at once made
-		// every record of a full fleet a row version newer than the
-		// records the start lists for the agents' first reports
-		// (opamp.Server.LoadRecorded), and cost 0.6 s at 19,000 agents,
-		// before serving or in the middle of the storm.
-		start := time.Now()
-		go func() {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(markDisconnectedAfter):
-			}
-			t0 := time.Now()
-			if err := st.MarkAllDisconnected(ctx, start); err != nil {
-				if ctx.Err() == nil {
-					log.Error("mark agents disconnected after the start", zap.Error(err))
-				}
-				return
-			}
-			log.Info("agents that did not come back marked disconnected", zap.Duration("took", time.Since(t0)))
-		}()
 		r.st = st
 		r.bus = &store.LocalBus{}
 	case StorePostgres:
@@ -117,7 +87,7 @@ func openReplica(ctx context.Context, o Options, log *zap.Logger, reg prometheus
 		if err != nil {
 			return nil, err
 		}
-		// Other replicas hold live connections: no MarkAllDisconnected.
+		// Other replicas hold live connections: no markGone.
 		if err := st.ShareKeyDir(ctx, keyDir, openKeys); err != nil {
 			st.Close()
 			return nil, err

@@ -135,7 +135,7 @@ func Run(ctx context.Context, o Options) error {
 	op, err := opamp.New(opamp.Options{
 		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
 		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
-		FailRotation: failRotationHook(),
+		FailRotation: failRotationHook(), SoleWriter: rep.lease == nil,
 		Callbacks: opamp.Callbacks{
 			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a); rep.changed(a.ProjectID) },
 			OnPackageStatuses: rel.OnPackageStatuses,
@@ -156,6 +156,9 @@ func Run(ctx context.Context, o Options) error {
 		log.Warn("agent credentials will be verified by signature", zap.Error(err))
 	}
 	cancel()
+	if rep.lease == nil {
+		go markGone(ctx, op, log)
+	}
 	api := console.New(console.Options{Store: st, Auth: au, Fleet: op, Logger: log.Named("api"), FleetURL: o.PublicURL, Bus: rep.bus})
 	popts := &profiles.Options{
 		Logger: log.Named("profiles"), Registerer: reg, Retention: o.ProfileRetention, MaxBytes: o.ProfileMaxBytes,
@@ -324,3 +327,33 @@ func failRotationHook() func(string) bool {
 }
 
 var _ store.Store = (*sqlite.Store)(nil)
+
+// markDisconnectedAfter is how long after its start a SQLite fleet marks
+// the agents that did not reconnect disconnected.
+const markDisconnectedAfter = 10 * time.Second
+
+// markGone marks the agents that were connected before this process
+// started and did not come back disconnected, markDisconnectedAfter the
+// start (a fleet alone on its store; opamp.Server.MarkGone). No agent is
+// connected to a process that just started, but the records of those
+// connected before a crash say they are. Marking them all at the start
+// cost 0.6 s at 19,000 agents, before serving or in the middle of the
+// reconnect storm, and made every returning agent's first report a write
+// (connected again); once the storm is over, only the agents that did
+// not return are written.
+func markGone(ctx context.Context, op *opamp.Server, log *zap.Logger) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(markDisconnectedAfter):
+	}
+	t0 := time.Now()
+	n, err := op.MarkGone(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Error("mark agents that did not come back disconnected", zap.Error(err))
+		}
+		return
+	}
+	log.Info("agents that did not come back marked disconnected", zap.Int("agents", n), zap.Duration("took", time.Since(t0)))
+}
