@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	gojson "github.com/goccy/go-json"
@@ -55,12 +56,18 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 	type plain Claims
 	var aux struct {
 		plain
-		IssuedAt json.Number `json:"iat,omitempty"`
+		IssuedAt  json.Number `json:"iat,omitempty"`
+		ExpiresAt *timeClaim  `json:"exp,omitempty"`
+		NotBefore *timeClaim  `json:"nbf,omitempty"`
+		Audience  audClaim    `json:"aud,omitempty"`
 	}
 	// A json.Number field takes the number's text, whatever its size.
 	// goccy/go-json decodes the claims in a fraction of encoding/json's
-	// time (a reconnect storm decodes one credential per agent).
-	// FuzzClaimsDecode holds it to encoding/json's reading.
+	// time (a reconnect storm decodes one credential per agent); exp,
+	// nbf and aud are read by timeClaim and audClaim, not by jwt's types,
+	// whose decoders run encoding/json (a third of the decode).
+	// FuzzClaimsDecode holds it all to encoding/json's reading with jwt's
+	// types.
 	if err := gojson.Unmarshal(b, &aux); err != nil {
 		return fmt.Errorf("decode claims: %w", err)
 	}
@@ -73,7 +80,55 @@ func (c *Claims) UnmarshalJSON(b []byte) error {
 		}
 		c.IssuedAt = jwt.NewNumericDate(normalizeEpoch(f))
 	}
+	c.ExpiresAt, c.NotBefore = (*jwt.NumericDate)(aux.ExpiresAt), (*jwt.NumericDate)(aux.NotBefore)
+	c.Audience = jwt.ClaimStrings(aux.Audience)
 	return nil
+}
+
+// timeClaim reads a time claim as jwt.NumericDate does: a number of
+// seconds is read here, without encoding/json; anything else by jwt.
+type timeClaim jwt.NumericDate
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (t *timeClaim) UnmarshalJSON(raw []byte) error {
+	if len(raw) > 0 && (raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9')) {
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil {
+			return fmt.Errorf("could not convert json number value to float: %w", err)
+		}
+		sec, frac := math.Modf(f)
+		*t = timeClaim(*jwt.NewNumericDate(time.Unix(int64(sec), int64(frac*1e9))))
+		return nil
+	}
+	return (*jwt.NumericDate)(t).UnmarshalJSON(raw)
+}
+
+// audClaim reads aud as jwt.ClaimStrings does: a string or an array of
+// strings is read here, without encoding/json; anything else by jwt.
+type audClaim jwt.ClaimStrings
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (a *audClaim) UnmarshalJSON(raw []byte) error {
+	if len(raw) > 0 {
+		switch raw[0] {
+		case '"':
+			var s string
+			if err := gojson.Unmarshal(raw, &s); err == nil {
+				*a = audClaim{s}
+				return nil
+			}
+		case '[':
+			var ss []string
+			if err := gojson.Unmarshal(raw, &ss); err == nil {
+				*a = nil
+				if len(ss) > 0 {
+					*a = ss
+				}
+				return nil
+			}
+		}
+	}
+	return (*jwt.ClaimStrings)(a).UnmarshalJSON(raw)
 }
 
 // normalizeEpoch reads an epoch number whose unit is unknown: values past

@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 )
@@ -186,13 +188,12 @@ func (ks *KeySet) VerifyRecorded(raw string, now time.Time, recorded func(*Claim
 	if now.IsZero() {
 		now = time.Now()
 	}
-	claims := &Claims{}
-	t, _, err := jwt.NewParser().ParseUnverified(raw, claims)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	claims, header, ok := decodeUnverified(raw)
+	if !ok {
+		return ks.Verify(raw, now) // which says what is wrong
 	}
-	kid, _ := t.Header["kid"].(string)
-	if alg, _ := t.Header["alg"].(string); alg != "EdDSA" || kid == "" {
+	kid, _ := header["kid"].(string)
+	if alg, _ := header["alg"].(string); alg != "EdDSA" || kid == "" {
 		return ks.Verify(raw, now)
 	}
 	sum, ok := recorded(claims)
@@ -207,6 +208,46 @@ func (ks *KeySet) VerifyRecorded(raw string, now time.Time, recorded func(*Claim
 		return nil, fmt.Errorf("%w: %w", ErrExpired, err)
 	}
 	return complete(claims, kid)
+}
+
+// decodeUnverified reads a compact JWS's header and claims, checking
+// nothing: what VerifyRecorded compares with a record. The segments are
+// decoded as jwt's parser does (Parser.DecodeSegment) and the claims by
+// Claims.UnmarshalJSON, as Verify reads them, but with goccy/go-json
+// alone: jwt.Parser.ParseUnverified decoded the header into a map with
+// encoding/json and ran the payload through encoding/json's scanner
+// before it reached UnmarshalJSON, half the cost of a recorded check in
+// a reconnect storm, and deep enough to grow every handshake's stack.
+// A token accepted on its record hashes to one that Verify accepted in
+// full, so reading it more leniently than jwt accepts nothing more; on
+// anything unusual the caller verifies in full, which names the fault.
+func decodeUnverified(raw string) (*Claims, map[string]any, bool) {
+	h, rest, ok := strings.Cut(raw, ".")
+	if !ok {
+		return nil, nil, false
+	}
+	payload, sig, ok := strings.Cut(rest, ".")
+	if !ok || strings.Contains(sig, ".") {
+		return nil, nil, false
+	}
+	p := jwt.NewParser()
+	hb, err := p.DecodeSegment(h)
+	if err != nil {
+		return nil, nil, false
+	}
+	var header map[string]any
+	if err := gojson.Unmarshal(hb, &header); err != nil || header == nil {
+		return nil, nil, false
+	}
+	pb, err := p.DecodeSegment(payload)
+	if err != nil {
+		return nil, nil, false
+	}
+	c := &Claims{}
+	if err := c.UnmarshalJSON(pb); err != nil {
+		return nil, nil, false
+	}
+	return c, header, true
 }
 
 // syntaxOnly is the claims of Verify's first, unverified parse: the

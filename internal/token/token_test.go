@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -383,6 +384,9 @@ func FuzzClaimsDecode(f *testing.F) {
 	f.Add(`{"aud":"p","exp":1.5e9,"nbf":null,"iat":"1"}`)
 	f.Add(`{"labels":{"a":1},"maxUses":2.5}`)
 	f.Add(`{"jti":"x","JTI":"y","jti":"z"}`)
+	f.Add(`{"exp":"1790000000","aud":[],"NBF":-1.5}`)
+	f.Add(`{"exp":"","nbf":1e400,"aud":["a",1]}`)
+	f.Add(`{"aud":{"a":1},"exp":true,"Aud":"x"}`)
 	f.Fuzz(func(t *testing.T, payload string) {
 		want, wantErr := stdClaims([]byte(payload))
 		var got Claims
@@ -395,6 +399,45 @@ func FuzzClaimsDecode(f *testing.F) {
 		}
 		if diff := cmp.Diff(want, &got); diff != "" {
 			t.Fatalf("decode %q differs from encoding/json alone (-want +got):\n%s", payload, diff)
+		}
+	})
+}
+
+// FuzzDecodeUnverified: whatever jwt's parser reads from a token,
+// VerifyRecorded's own reading (decodeUnverified) reads the same: the
+// same claims and the same alg and kid. (It may read more than jwt's
+// parser: a token it reads is accepted only if it hashes to a token that
+// Verify accepted.)
+func FuzzDecodeUnverified(f *testing.F) {
+	ks, err := OpenKeySet(f.TempDir())
+	if err != nil {
+		f.Fatal(err)
+	}
+	raw, _, err := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p1", Subject: "0123456789abcdef0123456789abcdef", TTL: time.Hour})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(raw)
+	f.Add("eyJhbGciOiJub25lIn0.eyJqdGkiOiJ4In0.")
+	f.Add("a.b.c.d")
+	f.Add("eyJhbGciOiJFZERTQSIsImtpZCI6MX0.e30.x")
+	f.Fuzz(func(t *testing.T, raw string) {
+		want := &Claims{}
+		tok, _, err := jwt.NewParser().ParseUnverified(raw, want)
+		if err != nil {
+			return
+		}
+		got, header, ok := decodeUnverified(raw)
+		if !ok {
+			t.Fatalf("%q: jwt's parser reads it, decodeUnverified does not", raw)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("%q: claims differ from jwt's parser (-jwt +ours):\n%s", raw, diff)
+		}
+		for _, k := range []string{"alg", "kid"} {
+			if !reflect.DeepEqual(tok.Header[k], header[k]) {
+				t.Fatalf("%q: header %s %v, jwt's parser %v", raw, k, header[k], tok.Header[k])
+			}
 		}
 	})
 }
