@@ -229,6 +229,10 @@ type result struct {
 	// CPU seconds used during the push and the storm: by the server, and
 	// by the load processes together (the two share the machine's cores)
 	pushCPU, pushLoadCPU, stormCPU, stormLoadCPU float64
+	// fleet: when every agent's full state after the restart was taken
+	// (0: not within a minute), and the fleet's CPU seconds by then
+	settled    time.Duration
+	settledCPU float64
 }
 
 // cpuSeconds is the CPU time (user + system) pids have used so far.
@@ -394,6 +398,12 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	} else {
 		close(profiled)
 	}
+	if profilePush != "" {
+		// What the push allocates: the heap profile's allocation counts
+		// before and after it (go tool pprof -sample_index=alloc_space
+		// -base FILE.allocs.before FILE.allocs).
+		fetch(f.url+"/debug/pprof/allocs", profilePush+".allocs.before")
+	}
 	signalWorkers(ws, syscall.SIGUSR1)
 	c0, l0 := cpuSeconds(f.cmd.Process.Pid), cpuSeconds(pids(ws)...)
 	t0 := time.Now()
@@ -418,6 +428,9 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 			r.push = min(st.UpdatedAt.Sub(t0), time.Since(t0))
 			r.pushCPU, r.pushLoadCPU = cpuSeconds(f.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
 			signalWorkers(ws, syscall.SIGUSR2)
+			if profilePush != "" {
+				fetch(f.url+"/debug/pprof/allocs", profilePush+".allocs")
+			}
 			break
 		}
 		if st.Status != "running" && st.Status != "pending" {
@@ -469,6 +482,17 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	r.signed = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="signature"}`), 0)
 	r.preloaded = max(metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="preloaded"}`), 0)
 	r.read = max(metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="read"}`), 0)
+	// The storm's work is over when every agent's full state, which
+	// the first message asks for, was taken: each takes the agent's
+	// record once, from the start's listing or read.
+	taken := func() float64 {
+		return max(metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="preloaded"}`), 0) +
+			max(metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="read"}`), 0)
+	}
+	if _, err := waitConnected(taken, n, time.Minute); err == nil {
+		r.settled = time.Since(killedAt)
+		r.settledCPU = cpuSeconds(f.cmd.Process.Pid)
+	}
 	return r, nil
 }
 
@@ -679,6 +703,9 @@ func run() error {
 	fmt.Printf("| CPU used during the storm: restarted server / load processes | %.2f s / %.2f s | %s | %s |\n", fr.stormCPU, fr.stormLoadCPU,
 		col(func(r *result) string { return fmt.Sprintf("%.2f s / %.2f s", r.stormCPU, r.stormLoadCPU) }),
 		ratio(fr.stormCPU, col2(br, func(r *result) float64 { return r.stormCPU })))
+	if fr.settled > 0 {
+		fmt.Printf("| storm over on the fleet: every agent's full state taken (fleet CPU by then) | %s (%.2f s) | — | — |\n", fr.settled.Round(time.Millisecond), fr.settledCPU)
+	}
 	fmt.Printf("| handshakes refused during the storm (429 / 503 + Retry-After) | %.0f / %.0f | — | — |\n", fr.rej429, fr.rej503)
 	fmt.Printf("| credentials checked in the storm: on the fleet's record / by signature | %.0f / %.0f | — | — |\n", fr.recorded, fr.signed)
 	fmt.Printf("| agent records the storm's reports started from: listed at the start / read | %.0f / %.0f | — | — |\n", fr.preloaded, fr.read)
@@ -697,7 +724,12 @@ var (
 )
 
 func fetchProfile(url, path string, seconds int) {
-	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, seconds))
+	fetch(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, seconds), path)
+}
+
+// fetch writes what url serves to path.
+func fetch(url, path string) {
+	resp, err := http.Get(url)
 	if err != nil {
 		return
 	}
