@@ -77,6 +77,12 @@ func TestStatusReportsShareOneRead(t *testing.T) {
 	if err != nil || ag.ConfigStatus != "APPLIED" {
 		t.Fatalf("stored record %+v, %v: want APPLIED", ag, err)
 	}
+	// Each status stored once: the health report carried none.
+	for _, st := range []string{"APPLYING", "APPLIED"} {
+		if n := counterVec(t, reg, "fleetprof_opamp_config_status_stored_total", st); n != 1 {
+			t.Errorf("fleetprof_opamp_config_status_stored_total{status=%q} = %v, want 1", st, n)
+		}
+	}
 
 	// Someone else writes the record (as the console does for labels).
 	ag.CustomLabels = map[string]string{"team": "storage"}

@@ -195,6 +195,7 @@ type metrics struct {
 	messages         prometheus.Counter
 	offers           *prometheus.CounterVec
 	credentialChecks *prometheus.CounterVec
+	configStatus     *prometheus.CounterVec
 }
 
 // conn is the state of one OpAMP connection.
@@ -277,9 +278,11 @@ func New(o Options) (*Server, error) {
 		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read), kept by the connection since its last report (hit), or listed at the fleet's start (preloaded, an agent's first report after a restart)."}, []string{"source"}),
 		messages:    prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_messages_total", Help: "AgentToServer messages handled."}),
 		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
+		configStatus: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_config_status_stored_total",
+			Help: "Remote config statuses stored in agent records, by status (APPLYING, APPLIED, FAILED): each a report of another config or status than the record held."}, []string{"status"}),
 	}
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers, s.m.credentialChecks} {
+		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers, s.m.credentialChecks, s.m.configStatus} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register opamp metrics: %w", err)
 			}
@@ -967,11 +970,13 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	if st := msg.ConnectionSettingsStatus; st != nil && st.Status == protobufs.ConnectionSettingsStatuses_ConnectionSettingsStatuses_FAILED {
 		failed, failMsg = true, st.ErrorMessage
 	}
+	var newStatus bool
 	a, err := s.updateAgentVia(ctx, c.agentID, &c.rec, func(a *store.Agent) error {
 		// fn may run again on a fresh read: decide from this one only.
 		revokeOld, needOffer = "", false
 		before := *a
 		applyDescription(a, msg, now)
+		newStatus = a.ConfigStatus != "" && (a.ConfigStatus != before.ConfigStatus || a.ConfigHash != before.ConfigHash)
 		if c.ws {
 			a.Connected = true
 		}
@@ -1032,6 +1037,9 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	}
 	if a != nil {
 		c.lastWrite = now
+		if newStatus {
+			s.m.configStatus.WithLabelValues(a.ConfigStatus).Inc()
+		}
 	} else if c.lastWrite.IsZero() && c.rec != nil {
 		// The connection's first report, and the record was right: it
 		// is what the rollouts and this connection go on from, as if

@@ -92,6 +92,12 @@ type Controller struct {
 	cmu     sync.Mutex
 	configs map[string]*store.ConfigVersion // immutable, by id
 	sels    map[string]selector.Selector    // by selector text
+	// pushes holds the remote config of each version as pushed (by
+	// version id, "" the reset): one for all the agents it goes to, not
+	// a copy of the body each (31 MB in a push to 19,000 agents). Never
+	// changed once built; protobuf messages may be marshalled
+	// concurrently.
+	pushes map[string]*protobufs.AgentRemoteConfig
 
 	qmu sync.Mutex
 	// results holds the results this replica's agents reported for the
@@ -139,6 +145,7 @@ func New(o Options) (*Controller, error) {
 	return &Controller{
 		o: o, st: o.Store, log: o.Logger, started: o.Now(),
 		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, stages: map[string]*stageState{},
+		pushes:  map[string]*protobufs.AgentRemoteConfig{},
 		results: map[string]report{}, watch: map[string]time.Time{},
 		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
@@ -464,6 +471,25 @@ func Message(cv *store.ConfigVersion) *protobufs.ServerToAgent {
 	}}
 }
 
+// message is Message with the remote config shared by every push of cv.
+func (c *Controller) message(cv *store.ConfigVersion) *protobufs.ServerToAgent {
+	id := ""
+	if cv != nil {
+		id = cv.ID
+	}
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	rc := c.pushes[id]
+	if rc == nil {
+		if len(c.pushes) > 1000 {
+			clear(c.pushes)
+		}
+		rc = Message(cv).RemoteConfig
+		c.pushes[id] = rc
+	}
+	return &protobufs.ServerToAgent{RemoteConfig: rc}
+}
+
 // reconcile pushes an agent its assigned config when it runs another one.
 func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, full bool, asg *store.Assignment) {
 	var err error
@@ -525,7 +551,7 @@ func (c *Controller) reconcile(ctx context.Context, id string, a *store.Agent, f
 			return
 		}
 	}
-	if err := p.Send(ctx, id, Message(cv)); err != nil {
+	if err := p.Send(ctx, id, c.message(cv)); err != nil {
 		c.log.Debug("push config", zap.String("agent", id), zap.Error(err))
 		c.qmu.Lock()
 		delete(c.pushed, id)
