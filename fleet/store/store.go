@@ -199,11 +199,6 @@ type Agents interface {
 	// whose record holds its hash (Agent.CredentialHash), with the
 	// record, for a fleet replica's start.
 	ListAgentCredentials(ctx context.Context) ([]AgentCredential, error)
-	// MarkAllDisconnected clears Connected on the agents whose record
-	// was last written before before. A process that just started at
-	// before holds no agent; running it concurrently with reconnecting
-	// agents is safe, as their records are written after before.
-	MarkAllDisconnected(ctx context.Context, before time.Time) error
 }
 
 // Audit stores the audit log.

@@ -530,14 +530,6 @@ func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredenti
 	return store.ListAgentCredentials(ctx, s.db)
 }
 
-func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE agents SET doc = jsonb_set(doc, '{connected}', 'false'::jsonb), row_version = row_version + 1 WHERE doc->'connected' = 'true'::jsonb AND updated_at < ?`, ms(before))
-	if err != nil {
-		return fmt.Errorf("mark agents disconnected: %w", err)
-	}
-	return nil
-}
-
 // Audit.
 
 func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {

@@ -482,14 +482,6 @@ func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredenti
 	return store.ListAgentCredentials(ctx, s.db)
 }
 
-func (s *Store) MarkAllDisconnected(ctx context.Context, before time.Time) error {
-	_, err := s.w.ExecContext(ctx, `UPDATE agents SET doc = json_set(doc, '$.connected', json('false')), row_version = row_version + 1 WHERE json_extract(doc, '$.connected') = 1 AND updated_at < ?`, ms(before))
-	if err != nil {
-		return fmt.Errorf("mark agents disconnected: %w", full(err))
-	}
-	return nil
-}
-
 // Audit.
 
 func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {

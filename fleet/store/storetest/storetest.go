@@ -286,37 +286,6 @@ func testAgents(t *testing.T, s store.Store) {
 	if diff := cmp.Diff(&want, brief[0]); diff != "" {
 		t.Errorf("brief listing (-want +got):\n%s", diff)
 	}
-
-	// MarkAllDisconnected clears Connected and bumps the version of the
-	// agents it changed (written before the time given); the rest of the
-	// record stays. (Times are stored in milliseconds: the writes above
-	// must fall in an earlier one than before.)
-	time.Sleep(5 * time.Millisecond)
-	before := time.Now()
-	time.Sleep(5 * time.Millisecond)
-	late := Agent("a4", "p3")
-	must(t, s.UpsertAgent(ctx, late))
-	must(t, s.MarkAllDisconnected(ctx, before))
-	if got, _ := s.AgentByID(ctx, "a4"); !got.Connected || got.RowVersion != 1 {
-		t.Errorf("an agent written after the start was marked disconnected (version %d)", got.RowVersion)
-	}
-	for _, id := range []string{"a1", "a2", "a3"} {
-		got, err := s.AgentByID(ctx, id)
-		must(t, err)
-		if got.Connected {
-			t.Errorf("%s still connected", id)
-		}
-	}
-	got, err = s.AgentByID(ctx, "a1")
-	must(t, err)
-	if got.RowVersion != 3 || got.ConfigHash != "abc" || got.Hostname != "host-a1" {
-		t.Errorf("a1 after MarkAllDisconnected: version %d, hash %q, host %q", got.RowVersion, got.ConfigHash, got.Hostname)
-	}
-	if got, _ := s.AgentByID(ctx, "a3"); got.RowVersion != 1 {
-		t.Errorf("an agent that was not connected changed: version %d", got.RowVersion)
-	}
-	// A writer holding the version from before must reload.
-	wantErr(t, "write at the version before MarkAllDisconnected", s.UpsertAgent(ctx, again), store.ErrConflict)
 }
 
 // testAgentConflicts: stale versions and duplicate creates fail with

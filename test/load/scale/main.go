@@ -446,7 +446,11 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 			// When the fleet stored the completion (this machine's
 			// clock): the poll's own period does not count.
 			r.push = min(st.UpdatedAt.Sub(t0), time.Since(t0))
-			r.pushStored = <-stored
+			// The completion needs every APPLIED stored: the counter's
+			// poll may see the last one after it.
+			if r.pushStored = <-stored; r.pushStored > r.push {
+				r.pushStored = r.push
+			}
 			r.pushCPU, r.pushLoadCPU = cpuSeconds(f.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
 			signalWorkers(ws, syscall.SIGUSR2)
 			if profilePush != "" {
