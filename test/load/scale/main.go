@@ -641,6 +641,29 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	return r, nil
 }
 
+// meanResult is the mean of two baseline runs' figures (a storm that did
+// not finish, recovery -1, counts for nothing).
+func meanResult(a, b *result) *result {
+	mean := func(x, y float64) float64 { return (x + y) / 2 }
+	dmean := func(x, y time.Duration) time.Duration { return (x + y) / 2 }
+	r := &result{
+		enroll: dmean(a.enroll, b.enroll), rssPer: mean(a.rssPer, b.rssPer), rss0: (a.rss0 + b.rss0) / 2, rss: (a.rss + b.rss) / 2,
+		idleCPU: mean(a.idleCPU, b.idleCPU), push: dmean(a.push, b.push), ready: dmean(a.ready, b.ready),
+		pushCPU: mean(a.pushCPU, b.pushCPU), pushLoadCPU: mean(a.pushLoadCPU, b.pushLoadCPU),
+		stormCPU: mean(a.stormCPU, b.stormCPU), stormLoadCPU: mean(a.stormLoadCPU, b.stormLoadCPU),
+		recovery: dmean(a.recovery, b.recovery),
+	}
+	switch {
+	case a.recovery < 0 && b.recovery < 0:
+		r.recovery = -1
+	case a.recovery < 0:
+		r.recovery, r.stormCPU, r.stormLoadCPU = b.recovery, b.stormCPU, b.stormLoadCPU
+	case b.recovery < 0:
+		r.recovery, r.stormCPU, r.stormLoadCPU = a.recovery, a.stormCPU, a.stormLoadCPU
+	}
+	return r
+}
+
 // waitConnected waits until count() reaches want and returns how long
 // that took.
 func waitConnected(count func() float64, want int, within time.Duration) (time.Duration, error) {
@@ -676,6 +699,18 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// The baseline runs before and after the fleet, and its column is
+	// the mean of the two: this VM's speed drifts by a third within
+	// minutes, and one baseline run after the fleet put that drift on
+	// the ratio (a push ratio of 1.55x, 1.73x and 2.53x in three runs
+	// of one build).
+	var b1, b2 *result
+	if *withBare {
+		if b1, err = runBare(*n, *per, *idle, *hb, filepath.Join(dir, "before")); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "baseline before: %+v\n", *b1)
+	}
 	fr, err := runFleet(*fleetBin, *n, *per, *idle, *hb, dir)
 	if err != nil {
 		return err
@@ -683,14 +718,15 @@ func run() error {
 	fmt.Fprintf(os.Stderr, "fleet: %+v\n", *fr)
 	var br *result
 	if *withBare {
-		if br, err = runBare(*n, *per, *idle, *hb, dir); err != nil {
+		if b2, err = runBare(*n, *per, *idle, *hb, filepath.Join(dir, "after")); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "baseline: %+v\n", *br)
+		fmt.Fprintf(os.Stderr, "baseline after: %+v\n", *b2)
+		br = meanResult(b1, b2)
 	}
 	workers := (*n + *per - 1) / *per
 	fmt.Printf("## One fleet replica at scale (%d simulated agents)\n\n", *n)
-	fmt.Printf("Method: `test/load/scale` runs the same load twice on loopback: first against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`). The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints). CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle)
+	fmt.Printf("Method: `test/load/scale` runs the same load three times on loopback: against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`), then against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline again; the baseline column is the mean of its two runs (each below the table), so that the VM's drift in speed during the run weighs on both sides alike. The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints). CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle)
 	fmt.Println("| metric | this fleet | baseline: bare opamp-go server, same run | ratio fleet / baseline |")
 	fmt.Println("|---|---|---|---|")
 	col := func(f func(*result) string) string {
@@ -735,6 +771,14 @@ func run() error {
 	if fr.settled > 0 {
 		fmt.Printf("| storm over on the fleet: every agent's full state taken (fleet CPU by then) | %s (%.2f s) | — | — |\n", fr.settled.Round(time.Millisecond), fr.settledCPU)
 	}
+	defer func() {
+		if b1 == nil || b2 == nil {
+			return
+		}
+		fmt.Printf("\nThe baseline's two runs, before / after the fleet: config to all %s / %s, storm %s / %s, idle CPU %.2f%% / %.2f%% of a core, RSS per agent %.1f / %.1f KiB, CPU in the push %.2f / %.2f s, in the storm %.2f / %.2f s.\n",
+			b1.push.Round(time.Millisecond), b2.push.Round(time.Millisecond), b1.recovery.Round(time.Millisecond), b2.recovery.Round(time.Millisecond),
+			b1.idleCPU, b2.idleCPU, b1.rssPer, b2.rssPer, b1.pushCPU, b2.pushCPU, b1.stormCPU, b2.stormCPU)
+	}()
 	fmt.Printf("| handshakes refused during the storm (429 / 503 + Retry-After) | %.0f / %.0f | — | — |\n", fr.rej429, fr.rej503)
 	fmt.Printf("| credentials checked in the storm: on the fleet's record / by signature | %.0f / %.0f | — | — |\n", fr.recorded, fr.signed)
 	fmt.Printf("| agent records the storm's reports started from: listed at the start / read | %.0f / %.0f | — | — |\n", fr.preloaded, fr.read)
