@@ -12,12 +12,10 @@ import (
 	"github.com/fleetprof/fleetprof/fleet/store"
 )
 
-// Description attributes that carry an agent's own labels and its
-// bootstrap token's (internal/describe and fleet/opamp write them).
-const (
-	agentLabelAttr = "fleetprof.label."
-	tokenLabelAttr = "fleetprof.token_label."
-)
+// agentLabelAttr prefixes the description attributes that carry an
+// agent's own labels (internal/describe writes them; its token's are
+// under store.TokenLabelAttr, noted by fleet/opamp).
+const agentLabelAttr = "fleetprof.label."
 
 // maxLabelAgents bounds the agents one labels request may change.
 const maxLabelAgents = 1000
@@ -151,7 +149,7 @@ func (a *API) updateLabels(ctx context.Context, id string, set map[string]string
 			}
 			delete(ag.CustomLabels, k)
 			delete(ag.Labels, k)
-			if v, ok := ag.Description[tokenLabelAttr+k]; ok {
+			if v, ok := ag.Description[store.TokenLabelAttr+k]; ok {
 				ag.Labels[k] = v
 			} else if v, ok := ag.Description[agentLabelAttr+k]; ok {
 				ag.Labels[k] = v

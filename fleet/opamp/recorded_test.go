@@ -208,17 +208,6 @@ func restartedWith(t *testing.T, f *fixture, o Options) (*Server, *prometheus.Re
 	return srv, reg, serve(t, srv).URL
 }
 
-// dialTo dials the OpAMP WebSocket of the server at url with tok.
-func dialTo(t *testing.T, url, tok string) *websocket.Conn {
-	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(url, "http")+Path, http.Header{"Authorization": {"Bearer " + tok}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // crashed leaves an agent enrolled and connected to f's server with
 // hostname host, as a fleet's crash leaves it: its record says connected
 // (nothing wrote otherwise). It returns the agent's credential and the

@@ -831,7 +831,7 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 		// Which labels came from the bootstrap token is the fleet's
 		// note, not the agent's: it outlives the agent's descriptions.
 		for k, v := range a.Description {
-			if strings.HasPrefix(k, tokenLabelAttr) {
+			if strings.HasPrefix(k, store.TokenLabelAttr) {
 				desc[k] = v
 			}
 		}
@@ -871,12 +871,8 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 	}
 }
 
-// tokenLabelAttr prefixes the description entries that name the labels
-// an agent got from its bootstrap token.
-const tokenLabelAttr = "fleetprof.token_label."
-
 func isTokenLabel(a *store.Agent, k string) bool {
-	_, ok := a.Description[tokenLabelAttr+k]
+	_, ok := a.Description[store.TokenLabelAttr+k]
 	return ok
 }
 
@@ -936,7 +932,7 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 			a.Description = map[string]string{}
 		}
 		for k := range c.claims.Labels {
-			a.Description[tokenLabelAttr+k] = c.claims.Labels[k]
+			a.Description[store.TokenLabelAttr+k] = c.claims.Labels[k]
 		}
 		if err := s.o.Store.UpsertAgent(ctx, a); err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, err

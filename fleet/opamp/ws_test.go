@@ -29,7 +29,13 @@ const uidHex = "30313233343536373839616263646566"
 
 func dialWS(t *testing.T, f *fixture, tok string) *websocket.Conn {
 	t.Helper()
-	u := "ws" + strings.TrimPrefix(f.http.URL, "http") + Path
+	return dialTo(t, f.http.URL, tok)
+}
+
+// dialTo dials the OpAMP WebSocket of the server at url with tok.
+func dialTo(t *testing.T, url, tok string) *websocket.Conn {
+	t.Helper()
+	u := "ws" + strings.TrimPrefix(url, "http") + Path
 	c, resp, err := websocket.DefaultDialer.Dial(u, http.Header{"Authorization": {"Bearer " + tok}})
 	if err != nil {
 		code := 0

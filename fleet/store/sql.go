@@ -177,9 +177,9 @@ func UpsertAssignments(ctx context.Context, tx Execer, as []*Assignment) error {
 	})
 }
 
-// Preparer prepares a statement in ? placeholders: both backends'
+// preparer prepares a statement in ? placeholders: both backends'
 // transactions.
-type Preparer interface {
+type preparer interface {
 	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
@@ -190,7 +190,7 @@ type Preparer interface {
 // every Exec, a fifth of the CPU of a 19,000-agent rollout's writes.
 func execRows(ctx context.Context, tx Execer, n int, query func(rows int) string, row func(args []any, i int) []any) error {
 	var full *sql.Stmt
-	if p, ok := tx.(Preparer); ok && n >= 2*RowsPerInsert {
+	if p, ok := tx.(preparer); ok && n >= 2*RowsPerInsert {
 		st, err := p.PrepareContext(ctx, query(RowsPerInsert))
 		if err != nil {
 			return err

@@ -106,6 +106,11 @@ func (a *Agent) Clone() *Agent {
 	return &c
 }
 
+// TokenLabelAttr prefixes the Agent.Description entries in which the
+// fleet notes the labels an agent got from its bootstrap token (they win
+// over the agent's own labels of the same name).
+const TokenLabelAttr = "fleetprof.token_label."
+
 // WellKnownLabels are the selector labels the fleet derives from what an
 // agent reports (internal/describe). Agent.CustomLabels (set in the
 // console) win over the agent's and its token's own labels in

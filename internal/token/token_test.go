@@ -17,13 +17,25 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func newKeySet(t *testing.T) *KeySet {
-	t.Helper()
-	ks, err := OpenKeySet(t.TempDir())
+func newKeySet(tb testing.TB) *KeySet {
+	tb.Helper()
+	ks, err := OpenKeySet(tb.TempDir())
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return ks
+}
+
+// agentCredential returns a key set and an agent credential it issued
+// (an hour's life).
+func agentCredential(tb testing.TB) (*KeySet, string) {
+	tb.Helper()
+	ks := newKeySet(tb)
+	raw, _, err := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p1", Subject: "0123456789abcdef0123456789abcdef", TTL: time.Hour})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ks, raw
 }
 
 func issue(t *testing.T, ks *KeySet, o IssueOptions) string {
@@ -316,14 +328,7 @@ func FuzzVerifyRecorded(f *testing.F) {
 // against its recorded sum (VerifyRecorded). decode: the claims alone
 // (UnmarshalJSON).
 func BenchmarkVerify(b *testing.B) {
-	ks, err := OpenKeySet(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	raw, _, err := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p1", Subject: "0123456789abcdef0123456789abcdef", TTL: time.Hour})
-	if err != nil {
-		b.Fatal(err)
-	}
+	ks, raw := agentCredential(b)
 	b.Run("verify", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := ks.Verify(raw, time.Time{}); err != nil {
@@ -409,14 +414,7 @@ func FuzzClaimsDecode(f *testing.F) {
 // parser: a token it reads is accepted only if it hashes to a token that
 // Verify accepted.)
 func FuzzDecodeUnverified(f *testing.F) {
-	ks, err := OpenKeySet(f.TempDir())
-	if err != nil {
-		f.Fatal(err)
-	}
-	raw, _, err := ks.Issue(IssueOptions{Kind: KindAgent, ProjectID: "p1", Subject: "0123456789abcdef0123456789abcdef", TTL: time.Hour})
-	if err != nil {
-		f.Fatal(err)
-	}
+	_, raw := agentCredential(f)
 	f.Add(raw)
 	f.Add("eyJhbGciOiJub25lIn0.eyJqdGkiOiJ4In0.")
 	f.Add("a.b.c.d")
