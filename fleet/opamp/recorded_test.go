@@ -1,6 +1,7 @@
 package opamp
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -312,5 +313,77 @@ func TestMarkGone(t *testing.T) {
 	waitFor(t, "connected again", connected)
 	if p, r := counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "preloaded"), counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "read"); p != 0 || r != 1 {
 		t.Errorf("first report after the mark: %v preloaded, %v read; want 0, 1", p, r)
+	}
+}
+
+// listingStore holds ListAgentCredentials until release is closed
+// (entered is closed when it is called).
+type listingStore struct {
+	store.Store
+	entered, release chan struct{}
+}
+
+func (s listingStore) ListAgentCredentials(ctx context.Context) ([]store.AgentCredential, error) {
+	close(s.entered)
+	<-s.release
+	return s.Store.ListAgentCredentials(ctx)
+}
+
+// TestHandshakeWaitsForTheListing: while LoadRecordedWhileServing lists,
+// the fleet serves but an agent's handshake waits for the listing, and is
+// then checked on the credential it listed (no signature check).
+func TestHandshakeWaitsForTheListing(t *testing.T) {
+	f := newFixture(t, Options{})
+	cred, _ := crashed(t, f, "early")
+	ls := listingStore{Store: f.st, entered: make(chan struct{}), release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	srv, err := New(Options{Store: ls, Auth: f.auth, Registerer: reg, SoleWriter: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := serve(t, srv).URL
+	listed := make(chan error, 1)
+	srv.LoadRecordedWhileServing(t.Context(), func(err error) { listed <- err })
+	<-ls.entered
+
+	type dialed struct {
+		c    *websocket.Conn
+		code int
+		err  error
+	}
+	out := make(chan dialed, 1)
+	go func() {
+		u := "ws" + strings.TrimPrefix(url, "http") + Path
+		c, resp, err := websocket.DefaultDialer.Dial(u, http.Header{"Authorization": {"Bearer " + cred}})
+		d := dialed{c: c, err: err}
+		if resp != nil {
+			d.code = resp.StatusCode
+		}
+		out <- d
+	}()
+	select {
+	case d := <-out:
+		t.Fatalf("handshake answered (HTTP %d, %v) while the credentials were being listed", d.code, d.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(ls.release)
+	d := <-out
+	if d.err != nil {
+		t.Fatalf("handshake after the listing: HTTP %d, %v", d.code, d.err)
+	}
+	t.Cleanup(func() { d.c.Close() })
+	if err := <-listed; err != nil {
+		t.Fatal(err)
+	}
+	checks := func(how string) float64 {
+		return counterVec(t, reg, "fleetprof_opamp_credential_checks_total", how)
+	}
+	if r, s := checks("recorded"), checks("signature"); r != 1 || s != 0 {
+		t.Errorf("handshake during the listing: %v checked on the record, %v by signature; want 1, 0", r, s)
+	}
+	sendMsg(t, d.c, enrollMsg("early"))
+	waitFor(t, "the agent back", func() bool { return len(srv.Connected()) == 1 })
+	if p := counterVec(t, reg, "fleetprof_opamp_agent_record_reads_total", "preloaded"); p != 1 {
+		t.Errorf("first report: %v records from the listing, want 1", p)
 	}
 }

@@ -138,6 +138,9 @@ type Server struct {
 	drained bool
 
 	pending atomic.Int64
+	// listing is set while LoadRecordedWhileServing lists: handshakes
+	// wait for the channel to close before they are admitted.
+	listing atomic.Pointer[chan struct{}]
 	// scanAt is when scanExpiring must look at the connections again
 	// (unix ns): the earliest rotation or expiry due, 0 after a new
 	// connection.
@@ -368,6 +371,9 @@ func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
 
 // accept decides on a connection; c is its state when accepted.
 func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
+	if !s.waitListing(r.Context()) {
+		return s.refuse(http.StatusServiceUnavailable, retryAfter(1)), nil
+	}
 	if n := s.pending.Add(1); n > int64(s.o.MaxPendingHandshakes) {
 		s.pending.Add(-1)
 		return s.refuse(http.StatusTooManyRequests, retryAfter(1)), nil
@@ -505,8 +511,9 @@ func (s *Server) record(agentID, jti, hexSum string) {
 // LoadRecorded loads the credentials the fleet recorded for its agents
 // (one listing), so that a restart's reconnect storm is checked on them;
 // until it ran, every credential is verified by its signature. It may
-// run while the server serves: an entry it writes over a newer one is
-// merely stale, which costs a full check.
+// run while the server serves (LoadRecordedWhileServing holds the
+// handshakes meanwhile): an entry it writes over a newer one is merely
+// stale, which costs a full check.
 //
 // It keeps the listed records too, for preloadFor: the first status
 // report of each agent (in a reconnect storm, every agent's) starts from
@@ -533,6 +540,39 @@ func (s *Server) LoadRecorded(ctx context.Context) error {
 		s.preMu.Unlock()
 	})
 	return nil
+}
+
+// LoadRecordedWhileServing runs LoadRecorded in the background and calls
+// done with its error. Until it is over, handshakes wait for it before
+// they count as pending, and are then checked on what it listed. The
+// fleet serves meanwhile: in a restart's reconnect storm the connections
+// that arrive during the listing are accepted and wait in the process,
+// not in the kernel's listen queue, whose overflow costs each agent a
+// TCP retransmission (a second or more).
+func (s *Server) LoadRecordedWhileServing(ctx context.Context, done func(error)) {
+	ch := make(chan struct{})
+	s.listing.Store(&ch)
+	go func() {
+		err := s.LoadRecorded(ctx)
+		s.listing.Store(nil)
+		close(ch)
+		done(err)
+	}()
+}
+
+// waitListing waits for the listing of LoadRecordedWhileServing, if one
+// is running; false if the handshake ended first.
+func (s *Server) waitListing(ctx context.Context) bool {
+	ch := s.listing.Load()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-*ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // preloadFor is how long the records LoadRecorded listed are kept for the

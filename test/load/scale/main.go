@@ -71,7 +71,7 @@ func worker(args []string) error {
 	hb := fs.Duration("heartbeat", 30*time.Second, "heartbeat")
 	conc := fs.Int("concurrency", 32, "agents enrolling at once")
 	bareMode := fs.Bool("bare", false, "the server offers no credential: start agents paced, not on enrollment")
-	prof := fs.String("cpuprofile", "", "on SIGUSR1 start a CPU profile to this file, on SIGUSR2 stop it")
+	prof := fs.String("cpuprofile", "", "on SIGUSR1 start a CPU profile to this file with the profile's number appended (.1, .2, …), on SIGUSR2 stop it")
 	_ = fs.Parse(args)
 	if *prof != "" {
 		go profileOnSignal(*prof)
@@ -112,17 +112,20 @@ func worker(args []string) error {
 	select {}
 }
 
-// profileOnSignal writes a CPU profile of this process to file between a
-// SIGUSR1 and the next SIGUSR2 (-profile-load).
+// profileOnSignal writes a CPU profile of this process between a SIGUSR1
+// and the next SIGUSR2 (-profile-load), the k-th to file.k: the push's is
+// .1 and the storm's .2.
 func profileOnSignal(file string) {
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2)
 	var f *os.File
+	k := 0
 	for s := range ch {
 		switch {
 		case s == syscall.SIGUSR1 && f == nil:
 			var err error
-			if f, err = os.Create(file); err == nil && pprof.StartCPUProfile(f) != nil {
+			k++
+			if f, err = os.Create(fmt.Sprintf("%s.%d", file, k)); err == nil && pprof.StartCPUProfile(f) != nil {
 				f.Close()
 				f = nil
 			}
@@ -142,6 +145,29 @@ func signalWorkers(ws []*exec.Cmd, sig os.Signal) {
 	for _, w := range ws {
 		_ = w.Process.Signal(sig)
 	}
+}
+
+// listenOverflows is the kernel's count of connections dropped because a
+// listen queue was full (TcpExt ListenOverflows in /proc/net/netstat).
+func listenOverflows() float64 {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return 0
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) || values[0] != "TcpExt:" {
+			continue
+		}
+		for k, name := range names {
+			if name == "ListenOverflows" {
+				v, _ := strconv.ParseFloat(values[k], 64)
+				return v
+			}
+		}
+	}
+	return 0
 }
 
 func readProc(pid int) (rssKiB, ticks int64) {
@@ -219,6 +245,10 @@ type result struct {
 	push            time.Duration
 	ready, recovery time.Duration
 	rej429, rej503  float64
+	// connections the kernel's listen queue dropped during the storm
+	// (TcpExt ListenOverflows, the whole machine's): each costs the
+	// agent a TCP retransmission, a second or more
+	overflows float64
 	// credentials checked in the storm against the fleet's record, and
 	// by signature (fleetprof_opamp_credential_checks_total)
 	recorded, signed float64
@@ -474,6 +504,8 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	<-profiled
 	// Reconnect storm: SIGKILL, restart on the same data dir and address.
 	f.kill()
+	signalWorkers(ws, syscall.SIGUSR1)
+	o0 := listenOverflows()
 	l0 = cpuSeconds(pids(ws)...)
 	killedAt := time.Now()
 	if err := f.start(); err != nil {
@@ -501,6 +533,8 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	}
 	r.recovery = time.Since(killedAt)
 	r.stormCPU, r.stormLoadCPU = cpuSeconds(f.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
+	r.overflows = listenOverflows() - o0
+	signalWorkers(ws, syscall.SIGUSR2)
 	r.rej429 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="429"}`), 0)
 	r.rej503 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="503"}`), 0)
 	r.recorded = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="recorded"}`), 0)
@@ -618,6 +652,8 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	signalWorkers(ws, syscall.SIGUSR2)
 
 	b.kill()
+	signalWorkers(ws, syscall.SIGUSR1)
+	o0 := listenOverflows()
 	l0 = cpuSeconds(pids(ws)...)
 	killedAt := time.Now()
 	if err := b.start(); err != nil {
@@ -633,11 +669,14 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	// WebSocket, a laxer mark than the fleet's, read 20 times a second
 	// from /proc/net/tcp at a cost of CPU to the run.)
 	if _, err := waitConnected(func() float64 { return float64(b.heard.Load()) }, n, 3*time.Minute); err != nil {
+		signalWorkers(ws, syscall.SIGUSR2)
 		r.recovery = -1
 		return r, nil
 	}
 	r.recovery = time.Since(killedAt)
 	r.stormCPU, r.stormLoadCPU = cpuSeconds(b.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
+	r.overflows = listenOverflows() - o0
+	signalWorkers(ws, syscall.SIGUSR2)
 	return r, nil
 }
 
@@ -651,15 +690,15 @@ func meanResult(a, b *result) *result {
 		idleCPU: mean(a.idleCPU, b.idleCPU), push: dmean(a.push, b.push), ready: dmean(a.ready, b.ready),
 		pushCPU: mean(a.pushCPU, b.pushCPU), pushLoadCPU: mean(a.pushLoadCPU, b.pushLoadCPU),
 		stormCPU: mean(a.stormCPU, b.stormCPU), stormLoadCPU: mean(a.stormLoadCPU, b.stormLoadCPU),
-		recovery: dmean(a.recovery, b.recovery),
+		recovery: dmean(a.recovery, b.recovery), overflows: mean(a.overflows, b.overflows),
 	}
 	switch {
 	case a.recovery < 0 && b.recovery < 0:
 		r.recovery = -1
 	case a.recovery < 0:
-		r.recovery, r.stormCPU, r.stormLoadCPU = b.recovery, b.stormCPU, b.stormLoadCPU
+		r.recovery, r.stormCPU, r.stormLoadCPU, r.overflows = b.recovery, b.stormCPU, b.stormLoadCPU, b.overflows
 	case b.recovery < 0:
-		r.recovery, r.stormCPU, r.stormLoadCPU = a.recovery, a.stormCPU, a.stormLoadCPU
+		r.recovery, r.stormCPU, r.stormLoadCPU, r.overflows = a.recovery, a.stormCPU, a.stormLoadCPU, a.overflows
 	}
 	return r
 }
@@ -690,7 +729,7 @@ func run() error {
 	flag.StringVar(&profileStorm, "profile-storm", "", "write a CPU profile of the restarted fleet during the reconnect storm to this file")
 	flag.StringVar(&fleetLogLevel, "fleet-log-level", "error", "the fleet's --log-level (its log goes to stderr; info shows the rollout's steps with times)")
 	flag.BoolVar(&progress, "progress", false, "print the rollout's progress every 0.5 s of the push to stderr")
-	flag.StringVar(&profileLoad, "profile-load", "", "write a CPU profile of each load process during the push to PREFIX-fleet-K and PREFIX-bare-K")
+	flag.StringVar(&profileLoad, "profile-load", "", "write a CPU profile of each load process during the push to PREFIX-fleet-K.1 and PREFIX-bare-K.1, during the storm to .2")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
@@ -779,6 +818,8 @@ func run() error {
 			b1.push.Round(time.Millisecond), b2.push.Round(time.Millisecond), b1.recovery.Round(time.Millisecond), b2.recovery.Round(time.Millisecond),
 			b1.idleCPU, b2.idleCPU, b1.rssPer, b2.rssPer, b1.pushCPU, b2.pushCPU, b1.stormCPU, b2.stormCPU)
 	}()
+	fmt.Printf("| connections the kernel's listen queue dropped during the storm (each retried by TCP a second or more later) | %.0f | %s | — |\n", fr.overflows,
+		col(func(r *result) string { return fmt.Sprintf("%.0f", r.overflows) }))
 	fmt.Printf("| handshakes refused during the storm (429 / 503 + Retry-After) | %.0f / %.0f | — | — |\n", fr.rej429, fr.rej503)
 	fmt.Printf("| credentials checked in the storm: on the fleet's record / by signature | %.0f / %.0f | — | — |\n", fr.recorded, fr.signed)
 	fmt.Printf("| agent records the storm's reports started from: listed at the start / read | %.0f / %.0f | — | — |\n", fr.preloaded, fr.read)
