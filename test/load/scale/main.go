@@ -16,10 +16,12 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,13 +239,28 @@ func (f *fleet) kill() { _ = f.cmd.Process.Kill(); _ = f.cmd.Wait() }
 
 // result is what one run measures of a server.
 type result struct {
-	enroll          time.Duration
-	rssPer          float64 // KiB per agent, steady state after GC
-	rss0, rss       int64   // KiB
-	heapPer, stPer  float64 // KiB per agent (fleet only)
-	goroutines      float64
-	idleCPU         float64 // % of a core
-	push            time.Duration
+	enroll         time.Duration
+	rssPer         float64 // KiB per agent, steady state after GC
+	rss0, rss      int64   // KiB
+	heapPer, stPer float64 // KiB per agent (fleet only)
+	goroutines     float64
+	idleCPU        float64 // % of a core
+	push           time.Duration
+	// CPU seconds used during the push: by the server, and by the load
+	// processes together (the two share the machine's cores)
+	pushCPU, pushLoadCPU float64
+	// fleet: when APPLIED from every agent was stored in its record (the
+	// push figure is when the rollout stored its completion, after its
+	// steps settled them)
+	pushStored time.Duration
+	// the storm with the median recovery of the run's -storms, and every
+	// storm's recovery in the order they ran
+	storm
+	storms []time.Duration
+}
+
+// storm is what one reconnect storm measures.
+type storm struct {
 	ready, recovery time.Duration
 	rej429, rej503  float64
 	// connections the kernel's listen queue dropped during the storm
@@ -256,17 +274,32 @@ type result struct {
 	// listed at the start, and record reads
 	// (fleetprof_opamp_agent_record_reads_total)
 	preloaded, read float64
-	// CPU seconds used during the push and the storm: by the server, and
-	// by the load processes together (the two share the machine's cores)
-	pushCPU, pushLoadCPU, stormCPU, stormLoadCPU float64
-	// fleet: when APPLIED from every agent was stored in its record (the
-	// push figure is when the rollout stored its completion, after its
-	// steps settled them)
-	pushStored time.Duration
+	// CPU seconds used during the storm by the server and by the load
+	stormCPU, stormLoadCPU float64
 	// fleet: when every agent's full state after the restart was taken
 	// (0: not within a minute), and the fleet's CPU seconds by then
 	settled    time.Duration
 	settledCPU float64
+}
+
+// medianStorm sets r's storm to the one of ss with the median recovery
+// (of an even count, the slower of the middle two) and lists every
+// recovery. A storm that did not finish has recovery -1 and counts as
+// the slowest.
+func (r *result) medianStorm(ss []storm) {
+	r.storms = nil
+	for _, s := range ss {
+		r.storms = append(r.storms, s.recovery)
+	}
+	sorted := slices.Clone(ss)
+	key := func(s storm) time.Duration {
+		if s.recovery < 0 {
+			return time.Duration(math.MaxInt64)
+		}
+		return s.recovery
+	}
+	slices.SortStableFunc(sorted, func(a, b storm) int { return cmp.Compare(key(a), key(b)) })
+	r.storm = sorted[len(sorted)/2]
 }
 
 // cpuSeconds is the CPU time (user + system) pids have used so far.
@@ -502,24 +535,49 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	}
 
 	<-profiled
-	// Reconnect storm: SIGKILL, restart on the same data dir and address.
+	var ss []storm
+	for k := range storms {
+		if k > 0 {
+			time.Sleep(stormPause)
+		}
+		s, err := f.storm(ws, n, k == 0)
+		if err != nil {
+			return nil, err
+		}
+		ss = append(ss, s)
+	}
+	r.medianStorm(ss)
+	return r, nil
+}
+
+// stormPause is the wait between two storms of a run (-storms): the
+// fleet's work after the one before is over.
+const stormPause = 15 * time.Second
+
+// storm SIGKILLs the fleet, restarts it on the same data dir and address,
+// and measures the reconnect storm of n agents; the first of a run is the
+// one profiled (-profile-storm, -profile-load).
+func (f *fleet) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
+	var r storm
 	f.kill()
-	signalWorkers(ws, syscall.SIGUSR1)
+	if first {
+		signalWorkers(ws, syscall.SIGUSR1)
+	}
 	o0 := listenOverflows()
-	l0 = cpuSeconds(pids(ws)...)
+	l0 := cpuSeconds(pids(ws)...)
 	killedAt := time.Now()
 	if err := f.start(); err != nil {
-		return nil, err
+		return r, err
 	}
 	r.ready = time.Since(killedAt)
 	stormProfiled := make(chan struct{})
-	if profileStorm != "" {
+	if profileStorm != "" && first {
 		go func() { defer close(stormProfiled); fetchProfile(f.url, profileStorm, profileSeconds) }()
 	} else {
 		close(stormProfiled)
 	}
 	defer func() { <-stormProfiled }()
-	lastProgress = time.Time{}
+	var lastProgress time.Time
 	if _, err := waitConnected(func() float64 {
 		v := metric(f.url, "fleetprof_opamp_connected_agents")
 		if progress && time.Since(lastProgress) >= 250*time.Millisecond {
@@ -529,12 +587,14 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		}
 		return v
 	}, n, 10*time.Minute); err != nil {
-		return nil, fmt.Errorf("reconnect storm: %w", err)
+		return r, fmt.Errorf("reconnect storm: %w", err)
 	}
 	r.recovery = time.Since(killedAt)
 	r.stormCPU, r.stormLoadCPU = cpuSeconds(f.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
 	r.overflows = listenOverflows() - o0
-	signalWorkers(ws, syscall.SIGUSR2)
+	if first {
+		signalWorkers(ws, syscall.SIGUSR2)
+	}
 	r.rej429 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="429"}`), 0)
 	r.rej503 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="503"}`), 0)
 	r.recorded = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="recorded"}`), 0)
@@ -651,13 +711,34 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	r.pushCPU, r.pushLoadCPU = cpuSeconds(b.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
 	signalWorkers(ws, syscall.SIGUSR2)
 
+	var ss []storm
+	for k := range storms {
+		if k > 0 {
+			time.Sleep(stormPause)
+		}
+		s, err := b.storm(ws, n, k == 0)
+		if err != nil {
+			return nil, err
+		}
+		ss = append(ss, s)
+	}
+	r.medianStorm(ss)
+	return r, nil
+}
+
+// storm SIGKILLs the bare server, restarts it and measures the reconnect
+// storm of n agents, as fleet.storm does.
+func (b *bareServer) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
+	var r storm
 	b.kill()
-	signalWorkers(ws, syscall.SIGUSR1)
+	if first {
+		signalWorkers(ws, syscall.SIGUSR1)
+	}
 	o0 := listenOverflows()
-	l0 = cpuSeconds(pids(ws)...)
+	l0 := cpuSeconds(pids(ws)...)
 	killedAt := time.Now()
 	if err := b.start(); err != nil {
-		return nil, err
+		return r, err
 	}
 	r.ready = time.Since(killedAt)
 	// The bare server has no admission control: near the file cap it can
@@ -668,15 +749,17 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	// every TCP connection established, most not yet upgraded to a
 	// WebSocket, a laxer mark than the fleet's, read 20 times a second
 	// from /proc/net/tcp at a cost of CPU to the run.)
-	if _, err := waitConnected(func() float64 { return float64(b.heard.Load()) }, n, 3*time.Minute); err != nil {
-		signalWorkers(ws, syscall.SIGUSR2)
+	_, err := waitConnected(func() float64 { return float64(b.heard.Load()) }, n, 3*time.Minute)
+	if first {
+		defer signalWorkers(ws, syscall.SIGUSR2)
+	}
+	if err != nil {
 		r.recovery = -1
 		return r, nil
 	}
 	r.recovery = time.Since(killedAt)
 	r.stormCPU, r.stormLoadCPU = cpuSeconds(b.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
 	r.overflows = listenOverflows() - o0
-	signalWorkers(ws, syscall.SIGUSR2)
 	return r, nil
 }
 
@@ -687,10 +770,10 @@ func meanResult(a, b *result) *result {
 	dmean := func(x, y time.Duration) time.Duration { return (x + y) / 2 }
 	r := &result{
 		enroll: dmean(a.enroll, b.enroll), rssPer: mean(a.rssPer, b.rssPer), rss0: (a.rss0 + b.rss0) / 2, rss: (a.rss + b.rss) / 2,
-		idleCPU: mean(a.idleCPU, b.idleCPU), push: dmean(a.push, b.push), ready: dmean(a.ready, b.ready),
+		idleCPU: mean(a.idleCPU, b.idleCPU), push: dmean(a.push, b.push),
 		pushCPU: mean(a.pushCPU, b.pushCPU), pushLoadCPU: mean(a.pushLoadCPU, b.pushLoadCPU),
-		stormCPU: mean(a.stormCPU, b.stormCPU), stormLoadCPU: mean(a.stormLoadCPU, b.stormLoadCPU),
-		recovery: dmean(a.recovery, b.recovery), overflows: mean(a.overflows, b.overflows),
+		storm: storm{ready: dmean(a.ready, b.ready), stormCPU: mean(a.stormCPU, b.stormCPU), stormLoadCPU: mean(a.stormLoadCPU, b.stormLoadCPU),
+			recovery: dmean(a.recovery, b.recovery), overflows: mean(a.overflows, b.overflows)},
 	}
 	switch {
 	case a.recovery < 0 && b.recovery < 0:
@@ -730,6 +813,7 @@ func run() error {
 	flag.StringVar(&fleetLogLevel, "fleet-log-level", "error", "the fleet's --log-level (its log goes to stderr; info shows the rollout's steps with times)")
 	flag.BoolVar(&progress, "progress", false, "print the rollout's progress every 0.5 s of the push to stderr")
 	flag.StringVar(&profileLoad, "profile-load", "", "write a CPU profile of each load process during the push to PREFIX-fleet-K.1 and PREFIX-bare-K.1, during the storm to .2")
+	flag.IntVar(&storms, "storms", 1, "reconnect storms per server, 15 s apart; the table shows the one with the median recovery and lists them all")
 	flag.StringVar(&profileIdle, "profile-idle", "", "write a CPU profile of the idle fleet (second half of -idle) to this file")
 	flag.Parse()
 
@@ -765,7 +849,7 @@ func run() error {
 	}
 	workers := (*n + *per - 1) / *per
 	fmt.Printf("## One fleet replica at scale (%d simulated agents)\n\n", *n)
-	fmt.Printf("Method: `test/load/scale` runs the same load three times on loopback: against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`), then against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline again; the baseline column is the mean of its two runs (each below the table), so that the VM's drift in speed during the run weighs on both sides alike. The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints). CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle)
+	fmt.Printf("Method: `test/load/scale` runs the same load three times on loopback: against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`), then against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline again; the baseline column is the mean of its two runs (each below the table), so that the VM's drift in speed during the run weighs on both sides alike. The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints)%s. CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle, stormsMethod())
 	fmt.Println("| metric | this fleet | baseline: bare opamp-go server, same run | ratio fleet / baseline |")
 	fmt.Println("|---|---|---|---|")
 	col := func(f func(*result) string) string {
@@ -811,6 +895,13 @@ func run() error {
 		fmt.Printf("| storm over on the fleet: every agent's full state taken (fleet CPU by then) | %s (%.2f s) | — | — |\n", fr.settled.Round(time.Millisecond), fr.settledCPU)
 	}
 	defer func() {
+		if storms > 1 {
+			fmt.Printf("\nEvery storm's recovery, in the order they ran: fleet %s", recoveries(fr.storms))
+			if b1 != nil && b2 != nil {
+				fmt.Printf("; baseline before %s; after %s", recoveries(b1.storms), recoveries(b2.storms))
+			}
+			fmt.Println(".")
+		}
 		if b1 == nil || b2 == nil {
 			return
 		}
@@ -835,7 +926,31 @@ var (
 	fleetLogLevel  string
 	progress       bool
 	profileSeconds int
+	// storms is how many reconnect storms each run measures (-storms).
+	storms int
 )
+
+// stormsMethod says how the storm rows were chosen when a run measured
+// several storms.
+func stormsMethod() string {
+	if storms <= 1 {
+		return ""
+	}
+	return fmt.Sprintf("; that %d times, %s apart, and the storm rows are those of the storm with the median recovery (of each baseline run's; every recovery is listed below the table)", storms, stormPause)
+}
+
+// recoveries lists the storms' recovery times of a run.
+func recoveries(ds []time.Duration) string {
+	var out []string
+	for _, d := range ds {
+		if d < 0 {
+			out = append(out, "not all back")
+			continue
+		}
+		out = append(out, fmt.Sprintf("%.2f s", d.Seconds()))
+	}
+	return strings.Join(out, ", ")
+}
 
 func fetchProfile(url, path string, seconds int) {
 	fetch(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, seconds), path)
