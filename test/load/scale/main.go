@@ -544,6 +544,7 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 		if err != nil {
 			return nil, err
 		}
+		fmt.Fprintf(os.Stderr, "fleet storm %d: %+v\n", k+1, s)
 		ss = append(ss, s)
 	}
 	r.medianStorm(ss)
@@ -720,6 +721,7 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 		if err != nil {
 			return nil, err
 		}
+		fmt.Fprintf(os.Stderr, "baseline storm %d: %+v\n", k+1, s)
 		ss = append(ss, s)
 	}
 	r.medianStorm(ss)
