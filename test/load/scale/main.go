@@ -535,19 +535,9 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 	}
 
 	<-profiled
-	var ss []storm
-	for k := range storms {
-		if k > 0 {
-			time.Sleep(stormPause)
-		}
-		s, err := f.storm(ws, n, k == 0)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(os.Stderr, "fleet storm %d: %+v\n", k+1, s)
-		ss = append(ss, s)
+	if err := r.takeStorms("fleet", func(first bool) (storm, error) { return f.storm(ws, n, first) }); err != nil {
+		return nil, err
 	}
-	r.medianStorm(ss)
 	return r, nil
 }
 
@@ -555,22 +545,70 @@ func runFleet(fleetBin string, n, per int, idle, hb time.Duration, dir string) (
 // fleet's work after the one before is over.
 const stormPause = 15 * time.Second
 
+// takeStorms measures the run's -storms storms with one, stormPause
+// apart, each written to stderr, and keeps the median (medianStorm).
+func (r *result) takeStorms(server string, one func(first bool) (storm, error)) error {
+	var ss []storm
+	for k := range storms {
+		if k > 0 {
+			time.Sleep(stormPause)
+		}
+		s, err := one(k == 0)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "%s storm %d: %+v\n", server, k+1, s)
+		ss = append(ss, s)
+	}
+	r.medianStorm(ss)
+	return nil
+}
+
+// stormClock holds what a storm's figures start from, taken at the kill.
+type stormClock struct {
+	ws       []*exec.Cmd
+	first    bool // the run's first storm, whose load is profiled
+	o0, l0   float64
+	killedAt time.Time
+}
+
+// beginStorm SIGKILLs a server (kill), starts the load's profile of the
+// run's first storm, and restarts the server (start); the storm's ready
+// is when start returned.
+func beginStorm(ws []*exec.Cmd, first bool, kill func(), start func() error) (storm, stormClock, error) {
+	var r storm
+	kill()
+	if first {
+		signalWorkers(ws, syscall.SIGUSR1)
+	}
+	c := stormClock{ws: ws, first: first, o0: listenOverflows(), l0: cpuSeconds(pids(ws)...), killedAt: time.Now()}
+	if err := start(); err != nil {
+		return r, c, err
+	}
+	r.ready = time.Since(c.killedAt)
+	return r, c, nil
+}
+
+// end sets r's recovery to now, its CPU (the restarted server's, pid,
+// and the load's since the kill) and the listen-queue overflows, and
+// stops the load's profile of the first storm.
+func (c stormClock) end(r *storm, pid int) {
+	r.recovery = time.Since(c.killedAt)
+	r.stormCPU, r.stormLoadCPU = cpuSeconds(pid), cpuSeconds(pids(c.ws)...)-c.l0
+	r.overflows = listenOverflows() - c.o0
+	if c.first {
+		signalWorkers(c.ws, syscall.SIGUSR2)
+	}
+}
+
 // storm SIGKILLs the fleet, restarts it on the same data dir and address,
 // and measures the reconnect storm of n agents; the first of a run is the
 // one profiled (-profile-storm, -profile-load).
 func (f *fleet) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
-	var r storm
-	f.kill()
-	if first {
-		signalWorkers(ws, syscall.SIGUSR1)
-	}
-	o0 := listenOverflows()
-	l0 := cpuSeconds(pids(ws)...)
-	killedAt := time.Now()
-	if err := f.start(); err != nil {
+	r, clock, err := beginStorm(ws, first, f.kill, f.start)
+	if err != nil {
 		return r, err
 	}
-	r.ready = time.Since(killedAt)
 	stormProfiled := make(chan struct{})
 	if profileStorm != "" && first {
 		go func() { defer close(stormProfiled); fetchProfile(f.url, profileStorm, profileSeconds) }()
@@ -583,19 +621,14 @@ func (f *fleet) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
 		v := metric(f.url, "fleetprof_opamp_connected_agents")
 		if progress && time.Since(lastProgress) >= 250*time.Millisecond {
 			lastProgress = time.Now()
-			fmt.Fprintf(os.Stderr, "storm %5.2fs: connected %v, records written from the start's listing %v\n", time.Since(killedAt).Seconds(), v,
+			fmt.Fprintf(os.Stderr, "storm %5.2fs: connected %v, records written from the start's listing %v\n", time.Since(clock.killedAt).Seconds(), v,
 				metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="preloaded"}`))
 		}
 		return v
 	}, n, 10*time.Minute); err != nil {
 		return r, fmt.Errorf("reconnect storm: %w", err)
 	}
-	r.recovery = time.Since(killedAt)
-	r.stormCPU, r.stormLoadCPU = cpuSeconds(f.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
-	r.overflows = listenOverflows() - o0
-	if first {
-		signalWorkers(ws, syscall.SIGUSR2)
-	}
+	clock.end(&r, f.cmd.Process.Pid)
 	r.rej429 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="429"}`), 0)
 	r.rej503 = max(metric(f.url, `fleetprof_opamp_rejected_total{code="503"}`), 0)
 	r.recorded = max(metric(f.url, `fleetprof_opamp_credential_checks_total{how="recorded"}`), 0)
@@ -610,7 +643,7 @@ func (f *fleet) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
 			max(metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="read"}`), 0)
 	}
 	if _, err := waitConnected(taken, n, time.Minute); err == nil {
-		r.settled = time.Since(killedAt)
+		r.settled = time.Since(clock.killedAt)
 		r.settledCPU = cpuSeconds(f.cmd.Process.Pid)
 	}
 	return r, nil
@@ -712,37 +745,19 @@ func runBare(n, per int, idle, hb time.Duration, dir string) (*result, error) {
 	r.pushCPU, r.pushLoadCPU = cpuSeconds(b.cmd.Process.Pid)-c0, cpuSeconds(pids(ws)...)-l0
 	signalWorkers(ws, syscall.SIGUSR2)
 
-	var ss []storm
-	for k := range storms {
-		if k > 0 {
-			time.Sleep(stormPause)
-		}
-		s, err := b.storm(ws, n, k == 0)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(os.Stderr, "baseline storm %d: %+v\n", k+1, s)
-		ss = append(ss, s)
+	if err := r.takeStorms("baseline", func(first bool) (storm, error) { return b.storm(ws, n, first) }); err != nil {
+		return nil, err
 	}
-	r.medianStorm(ss)
 	return r, nil
 }
 
 // storm SIGKILLs the bare server, restarts it and measures the reconnect
 // storm of n agents, as fleet.storm does.
 func (b *bareServer) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
-	var r storm
-	b.kill()
-	if first {
-		signalWorkers(ws, syscall.SIGUSR1)
-	}
-	o0 := listenOverflows()
-	l0 := cpuSeconds(pids(ws)...)
-	killedAt := time.Now()
-	if err := b.start(); err != nil {
+	r, clock, err := beginStorm(ws, first, b.kill, b.start)
+	if err != nil {
 		return r, err
 	}
-	r.ready = time.Since(killedAt)
 	// The bare server has no admission control: near the file cap it can
 	// no longer accept its own control connections. Timed as the fleet
 	// is, until every agent's first message arrived (the count the
@@ -751,17 +766,11 @@ func (b *bareServer) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
 	// every TCP connection established, most not yet upgraded to a
 	// WebSocket, a laxer mark than the fleet's, read 20 times a second
 	// from /proc/net/tcp at a cost of CPU to the run.)
-	_, err := waitConnected(func() float64 { return float64(b.heard.Load()) }, n, 3*time.Minute)
-	if first {
-		defer signalWorkers(ws, syscall.SIGUSR2)
-	}
+	_, err = waitConnected(func() float64 { return float64(b.heard.Load()) }, n, 3*time.Minute)
+	clock.end(&r, b.cmd.Process.Pid)
 	if err != nil {
-		r.recovery = -1
-		return r, nil
+		r.recovery = -1 // not all back
 	}
-	r.recovery = time.Since(killedAt)
-	r.stormCPU, r.stormLoadCPU = cpuSeconds(b.cmd.Process.Pid), cpuSeconds(pids(ws)...)-l0
-	r.overflows = listenOverflows() - o0
 	return r, nil
 }
 
