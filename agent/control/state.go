@@ -1,7 +1,6 @@
 package control
 
 import (
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -9,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/google/uuid"
 )
 
 // state is what the agent keeps in its state dir: its identity and its
@@ -34,12 +35,15 @@ func (s state) instanceUID() ([16]byte, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return uid, fmt.Errorf("read instance uid: %w", err)
 	}
-	if _, err := rand.Read(uid[:]); err != nil {
+	// A UUIDv7, as OpAMP recommends: the time-ordered ids of agents that
+	// enroll one after another sort together, so the fleet's store keeps
+	// their records side by side and a push in id order writes them in
+	// runs, not one page per agent.
+	u, err := uuid.NewV7()
+	if err != nil {
 		return uid, fmt.Errorf("generate instance uid: %w", err)
 	}
-	// UUIDv7-style version bits are not required by OpAMP; keep it v4.
-	uid[6] = (uid[6] & 0x0f) | 0x40
-	uid[8] = (uid[8] & 0x3f) | 0x80
+	uid = u
 	if err := writeFileAtomic(s.path("instance_uid"), []byte(hex.EncodeToString(uid[:])+"\n")); err != nil {
 		return uid, err
 	}
