@@ -9,9 +9,9 @@ import (
 	"github.com/google/uuid"
 )
 
-// The instance uid is a UUIDv7 (OpAMP's recommendation), persisted, and
-// the uids of agents created one after another sort in that order (the
-// fleet's store keeps their records side by side).
+// The instance uid is a UUIDv7 (OpAMP's recommendation), persisted (0600),
+// and the uids of agents created one after another sort in that order
+// (the fleet's store keeps their records side by side).
 func TestInstanceUIDIsTimeOrderedAndPersisted(t *testing.T) {
 	var prev [16]byte
 	for i := range 50 {
@@ -30,6 +30,9 @@ func TestInstanceUIDIsTimeOrderedAndPersisted(t *testing.T) {
 		again, err := s.instanceUID()
 		if err != nil || again != uid {
 			t.Fatalf("second read: %x, %v; want %x", again, err, uid)
+		}
+		if fi, err := os.Stat(s.path("instance_uid")); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("instance_uid file: %v, %v; want mode 0600", fi.Mode(), err)
 		}
 		b, err := os.ReadFile(s.path("instance_uid"))
 		if err != nil || strings.TrimSpace(string(b)) != uuid.UUID(uid).String() && strings.TrimSpace(string(b)) != strings.ReplaceAll(uuid.UUID(uid).String(), "-", "") {

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -198,6 +200,16 @@ func TestKeyRotationAndRetire(t *testing.T) {
 	}
 	if err := ks.Retire(oldKid); err != nil {
 		t.Fatal(err)
+	}
+	// The private keys and the state are written 0600.
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	if len(files) < 3 {
+		t.Fatalf("key dir holds %v, want two keys and the state", files)
+	}
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v, %v; want mode 0600", f, fi.Mode(), err)
+		}
 	}
 	// State survives a reopen.
 	ks2, err := OpenKeySet(dir)
