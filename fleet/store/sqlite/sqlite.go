@@ -39,6 +39,8 @@ type Store struct {
 	stmts sync.Map // query → *sql.Stmt
 	// agents group-commits agent record updates (agentwrites.go).
 	agents *agentWriter
+	// ReleaseSQL is the Releases both backends share.
+	*store.ReleaseSQL
 }
 
 // stmt returns query prepared once.
@@ -91,6 +93,9 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	}
 	w.SetMaxOpenConns(1)
 	s := &Store{db: db, w: w}
+	s.ReleaseSQL = store.NewReleaseSQL(db, w, func(ctx context.Context, what string, f func(store.Tx) error) error {
+		return s.inTx(ctx, what, func(tx *sql.Tx) error { return f(tx) })
+	}, full, isUnique)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		w.Close()
