@@ -2,42 +2,20 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
 )
 
-// ReleaseSQL is the Releases of both SQL backends: the same statements, in
-// ? placeholders, over a backend's handles. A backend embeds it. Releases,
-// release rollouts and their agents and assignments are kept as JSON
-// documents beside the few columns that queries filter or order on.
-type ReleaseSQL struct {
-	read     Queryer
-	write    Execer
-	inTx     func(ctx context.Context, what string, f func(Tx) error) error
-	err      func(error) error
-	isUnique func(error) bool
-}
+// The releases, release rollouts and their agents and assignments are
+// kept as JSON documents beside the few columns that queries filter or
+// order on.
 
-// Tx is a backend's transaction, in ? placeholders.
-type Tx interface {
-	Execer
-	Queryer
-}
+var _ Releases = (*SQL)(nil)
 
-// NewReleaseSQL returns the Releases over a backend's handles: read for
-// queries, write for single statements, inTx to run f in one transaction
-// (what names it in errors), mapErr for the backend's own error mapping
-// (SQLite: a full disk) and isUnique for a unique-key violation.
-func NewReleaseSQL(read Queryer, write Execer, inTx func(ctx context.Context, what string, f func(Tx) error) error,
-	mapErr func(error) error, isUnique func(error) bool) *ReleaseSQL {
-	return &ReleaseSQL{read: read, write: write, inTx: inTx, err: mapErr, isUnique: isUnique}
-}
-
-var _ Releases = (*ReleaseSQL)(nil)
-
-func (s *ReleaseSQL) CreateRelease(ctx context.Context, r *Release) error {
+func (s *SQL) CreateRelease(ctx context.Context, r *Release) error {
 	doc, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode release: %w", err)
@@ -47,13 +25,13 @@ func (s *ReleaseSQL) CreateRelease(ctx context.Context, r *Release) error {
 		return fmt.Errorf("release %s: %w", r.Version, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("insert release: %w", s.err(err))
+		return fmt.Errorf("insert release: %w", s.mapErr(err))
 	}
 	return nil
 }
 
-func (s *ReleaseSQL) ReleaseByVersion(ctx context.Context, version string) (*Release, error) {
-	rs, err := queryDocs[Release](ctx, s.read, s.err, `SELECT doc FROM releases WHERE version = ?`, version)
+func (s *SQL) ReleaseByVersion(ctx context.Context, version string) (*Release, error) {
+	rs, err := queryDocs[Release](ctx, s.read, s.mapErr, `SELECT doc FROM releases WHERE version = ?`, version)
 	if err != nil {
 		return nil, fmt.Errorf("get release %s: %w", version, err)
 	}
@@ -63,36 +41,26 @@ func (s *ReleaseSQL) ReleaseByVersion(ctx context.Context, version string) (*Rel
 	return rs[0], nil
 }
 
-func (s *ReleaseSQL) ListReleases(ctx context.Context) ([]*Release, error) {
-	return queryDocs[Release](ctx, s.read, s.err, `SELECT doc FROM releases ORDER BY created_at DESC, version DESC`)
+func (s *SQL) ListReleases(ctx context.Context) ([]*Release, error) {
+	return queryDocs[Release](ctx, s.read, s.mapErr, `SELECT doc FROM releases ORDER BY created_at DESC, version DESC`)
 }
 
-// queryDocs runs q, whose one column is a JSON document of a T.
+// queryDocs runs q on db, whose one column is a JSON document of a T.
 func queryDocs[T any](ctx context.Context, db Queryer, mapErr func(error) error, q string, args ...any) ([]*T, error) {
-	rows, err := db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query: %w", mapErr(err))
-	}
-	defer rows.Close()
-	var out []*T
-	for rows.Next() {
+	return queryRows(ctx, db, mapErr, "query", func(r *sql.Rows) (*T, error) {
 		var doc string
-		if err := rows.Scan(&doc); err != nil {
-			return nil, fmt.Errorf("scan: %w", mapErr(err))
+		if err := r.Scan(&doc); err != nil {
+			return nil, err
 		}
 		v := new(T)
 		if err := json.Unmarshal([]byte(doc), v); err != nil {
 			return nil, fmt.Errorf("decode: %w", err)
 		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query: %w", mapErr(err))
-	}
-	return out, nil
+		return v, nil
+	}, q, args...)
 }
 
-func (s *ReleaseSQL) CreateReleaseRollout(ctx context.Context, r *ReleaseRollout, agents []*RolloutAgent) error {
+func (s *SQL) CreateReleaseRollout(ctx context.Context, r *ReleaseRollout, agents []*RolloutAgent) error {
 	cp := *r
 	cp.RowVersion = 1
 	doc, err := json.Marshal(&cp)
@@ -116,7 +84,7 @@ func (s *ReleaseSQL) CreateReleaseRollout(ctx context.Context, r *ReleaseRollout
 	return err
 }
 
-func (s *ReleaseSQL) ReleaseRolloutByID(ctx context.Context, id string) (*ReleaseRollout, error) {
+func (s *SQL) ReleaseRolloutByID(ctx context.Context, id string) (*ReleaseRollout, error) {
 	rs, err := s.queryReleaseRollouts(ctx, `SELECT doc, row_version FROM release_rollouts WHERE id = ?`, id)
 	if err != nil {
 		return nil, err
@@ -127,33 +95,23 @@ func (s *ReleaseSQL) ReleaseRolloutByID(ctx context.Context, id string) (*Releas
 	return rs[0], nil
 }
 
-func (s *ReleaseSQL) queryReleaseRollouts(ctx context.Context, q string, args ...any) ([]*ReleaseRollout, error) {
-	rows, err := s.read.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query release rollouts: %w", s.err(err))
-	}
-	defer rows.Close()
-	var out []*ReleaseRollout
-	for rows.Next() {
+func (s *SQL) queryReleaseRollouts(ctx context.Context, q string, args ...any) ([]*ReleaseRollout, error) {
+	return queryRows(ctx, s.read, s.mapErr, "query release rollouts", func(r *sql.Rows) (*ReleaseRollout, error) {
 		var doc string
 		var ver int64
-		if err := rows.Scan(&doc, &ver); err != nil {
-			return nil, fmt.Errorf("scan release rollout: %w", s.err(err))
+		if err := r.Scan(&doc, &ver); err != nil {
+			return nil, err
 		}
-		var r ReleaseRollout
-		if err := json.Unmarshal([]byte(doc), &r); err != nil {
+		var ro ReleaseRollout
+		if err := json.Unmarshal([]byte(doc), &ro); err != nil {
 			return nil, fmt.Errorf("decode release rollout: %w", err)
 		}
-		r.RowVersion = ver
-		out = append(out, &r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("query release rollouts: %w", s.err(err))
-	}
-	return out, nil
+		ro.RowVersion = ver
+		return &ro, nil
+	}, q, args...)
 }
 
-func (s *ReleaseSQL) ListReleaseRollouts(ctx context.Context, f RolloutFilter) ([]*ReleaseRollout, error) {
+func (s *SQL) ListReleaseRollouts(ctx context.Context, f RolloutFilter) ([]*ReleaseRollout, error) {
 	q := `SELECT doc, row_version FROM release_rollouts WHERE 1=1`
 	var args []any
 	if f.ProjectID != "" {
@@ -170,8 +128,8 @@ func (s *ReleaseSQL) ListReleaseRollouts(ctx context.Context, f RolloutFilter) (
 	return s.queryReleaseRollouts(ctx, q, args...)
 }
 
-func (s *ReleaseSQL) ListReleaseRolloutAgents(ctx context.Context, rolloutID string) ([]*RolloutAgent, error) {
-	return queryDocs[RolloutAgent](ctx, s.read, s.err, `SELECT doc FROM release_rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
+func (s *SQL) ListReleaseRolloutAgents(ctx context.Context, rolloutID string) ([]*RolloutAgent, error) {
+	return queryDocs[RolloutAgent](ctx, s.read, s.mapErr, `SELECT doc FROM release_rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
 }
 
 func upsertReleaseRolloutAgents(ctx context.Context, tx Execer, as []*RolloutAgent) error {
@@ -203,7 +161,7 @@ func setReleaseAssignments(ctx context.Context, tx Execer, as []*ReleaseAssignme
 	return nil
 }
 
-func (s *ReleaseSQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseRolloutChange) error {
+func (s *SQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseRolloutChange) error {
 	r := ch.Rollout
 	if r != nil && r.UpdatedAt.IsZero() {
 		r.UpdatedAt = time.Now().UTC()
@@ -244,8 +202,8 @@ func (s *ReleaseSQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseR
 	return err
 }
 
-func (s *ReleaseSQL) ReleaseAssignmentByAgent(ctx context.Context, agentID string) (*ReleaseAssignment, error) {
-	as, err := queryDocs[ReleaseAssignment](ctx, s.read, s.err, `SELECT doc FROM release_assignments WHERE agent_id = ?`, agentID)
+func (s *SQL) ReleaseAssignmentByAgent(ctx context.Context, agentID string) (*ReleaseAssignment, error) {
+	as, err := queryDocs[ReleaseAssignment](ctx, s.read, s.mapErr, `SELECT doc FROM release_assignments WHERE agent_id = ?`, agentID)
 	if err != nil {
 		return nil, err
 	}
@@ -255,13 +213,13 @@ func (s *ReleaseSQL) ReleaseAssignmentByAgent(ctx context.Context, agentID strin
 	return as[0], nil
 }
 
-func (s *ReleaseSQL) ListReleaseAssignments(ctx context.Context, projectID string) ([]*ReleaseAssignment, error) {
-	return queryDocs[ReleaseAssignment](ctx, s.read, s.err, `SELECT doc FROM release_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
+func (s *SQL) ListReleaseAssignments(ctx context.Context, projectID string) ([]*ReleaseAssignment, error) {
+	return queryDocs[ReleaseAssignment](ctx, s.read, s.mapErr, `SELECT doc FROM release_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
 }
 
-func (s *ReleaseSQL) SetReleaseStatus(ctx context.Context, agentID, version, status, errMsg string, at time.Time) error {
+func (s *SQL) SetReleaseStatus(ctx context.Context, agentID, version, status, errMsg string, at time.Time) error {
 	return s.inTx(ctx, "set release status", func(tx Tx) error {
-		as, err := queryDocs[ReleaseAssignment](ctx, tx, s.err, `SELECT doc FROM release_assignments WHERE agent_id = ? AND version = ?`, agentID, version)
+		as, err := queryDocs[ReleaseAssignment](ctx, tx, s.mapErr, `SELECT doc FROM release_assignments WHERE agent_id = ? AND version = ?`, agentID, version)
 		if err != nil || len(as) == 0 {
 			return err
 		}

@@ -43,8 +43,8 @@ type Options struct {
 type Store struct {
 	db  rdb
 	cfg *pgx.ConnConfig // for connections outside the pool (the bus listener)
-	// ReleaseSQL is the Releases both backends share.
-	*store.ReleaseSQL
+	// SQL is the statements both backends share (releases, users).
+	*store.SQL
 }
 
 var (
@@ -73,9 +73,10 @@ func Open(ctx context.Context, dsn string, o *Options) (*Store, error) {
 	db.SetMaxIdleConns(o.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: rdb{db}, cfg: cfg}
-	s.ReleaseSQL = store.NewReleaseSQL(s.db, s.db, func(ctx context.Context, what string, f func(store.Tx) error) error {
-		return s.inTx(ctx, what, func(tx rtx) error { return f(tx) })
-	}, func(err error) error { return err }, isUnique)
+	s.SQL = store.NewSQL(store.SQLBackend{Read: s.db, Write: s.db, IsUnique: isUnique,
+		InTx: func(ctx context.Context, what string, f func(store.Tx) error) error {
+			return s.inTx(ctx, what, func(tx rtx) error { return f(tx) })
+		}})
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err

@@ -39,8 +39,8 @@ type Store struct {
 	stmts sync.Map // query → *sql.Stmt
 	// agents group-commits agent record updates (agentwrites.go).
 	agents *agentWriter
-	// ReleaseSQL is the Releases both backends share.
-	*store.ReleaseSQL
+	// SQL is the statements both backends share (releases, users).
+	*store.SQL
 }
 
 // stmt returns query prepared once.
@@ -93,9 +93,10 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	}
 	w.SetMaxOpenConns(1)
 	s := &Store{db: db, w: w}
-	s.ReleaseSQL = store.NewReleaseSQL(db, w, func(ctx context.Context, what string, f func(store.Tx) error) error {
-		return s.inTx(ctx, what, func(tx *sql.Tx) error { return f(tx) })
-	}, full, isUnique)
+	s.SQL = store.NewSQL(store.SQLBackend{Read: db, Write: w, MapErr: full, IsUnique: isUnique,
+		InTx: func(ctx context.Context, what string, f func(store.Tx) error) error {
+			return s.inTx(ctx, what, func(tx *sql.Tx) error { return f(tx) })
+		}})
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		w.Close()
