@@ -6,7 +6,8 @@ import (
 )
 
 // SQL is the part of both SQL backends that is the same statements, in ?
-// placeholders, over a backend's handles: releases (releasesql.go) and
+// placeholders, over a backend's handles: config versions, assignments
+// and rollouts (configsql.go), releases (releasesql.go) and
 // organizations, users, memberships and sessions (usersql.go). A backend
 // embeds it.
 type SQL struct {
@@ -15,6 +16,8 @@ type SQL struct {
 	inTx     func(ctx context.Context, what string, f func(Tx) error) error
 	mapErr   func(error) error
 	isUnique func(error) bool
+	lockKey  func(ctx context.Context, tx Tx, key string) error
+	prepared func(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 // RowQueryer runs queries in ? placeholders: a backend's database handle.
@@ -26,7 +29,7 @@ type RowQueryer interface {
 // Tx is a backend's transaction, in ? placeholders.
 type Tx interface {
 	Execer
-	Queryer
+	RowQueryer
 }
 
 // SQLBackend is what SQL runs on.
@@ -42,11 +45,17 @@ type SQLBackend struct {
 	MapErr func(error) error
 	// IsUnique reports a unique-key violation.
 	IsUnique func(error) bool
+	// LockKey, if set, takes a lock on key until tx ends (PostgreSQL:
+	// replicas that create config versions of one project at once).
+	LockKey func(ctx context.Context, tx Tx, key string) error
+	// Prepared, if set, returns query prepared once (SQLite: the hot
+	// reads every OpAMP report runs).
+	Prepared func(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 // NewSQL returns the shared statements over b.
 func NewSQL(b SQLBackend) *SQL {
-	s := &SQL{read: b.Read, write: b.Write, inTx: b.InTx, mapErr: b.MapErr, isUnique: b.IsUnique}
+	s := &SQL{read: b.Read, write: b.Write, inTx: b.InTx, mapErr: b.MapErr, isUnique: b.IsUnique, lockKey: b.LockKey, prepared: b.Prepared}
 	if s.mapErr == nil {
 		s.mapErr = func(err error) error { return err }
 	}

@@ -74,6 +74,10 @@ func Open(ctx context.Context, dsn string, o *Options) (*Store, error) {
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: rdb{db}, cfg: cfg}
 	s.SQL = store.NewSQL(store.SQLBackend{Read: s.db, Write: s.db, IsUnique: isUnique,
+		LockKey: func(ctx context.Context, tx store.Tx, key string) error {
+			_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext(?))`, key)
+			return err
+		},
 		InTx: func(ctx context.Context, what string, f func(store.Tx) error) error {
 			return s.inTx(ctx, what, func(tx rtx) error { return f(tx) })
 		}})

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
 )
 
@@ -23,7 +24,7 @@ func TestRolloutProgressReadsAnIndexOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.QueryContext(t.Context(), `EXPLAIN QUERY PLAN `+sqlite.CountRolloutAgentsSQL, "r1")
+	rows, err := db.QueryContext(t.Context(), `EXPLAIN QUERY PLAN `+store.CountRolloutAgentsSQL, "r1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	}
 	w.SetMaxOpenConns(1)
 	s := &Store{db: db, w: w}
-	s.SQL = store.NewSQL(store.SQLBackend{Read: db, Write: w, MapErr: full, IsUnique: isUnique,
+	s.SQL = store.NewSQL(store.SQLBackend{Read: db, Write: w, MapErr: full, IsUnique: isUnique, Prepared: s.stmt,
 		InTx: func(ctx context.Context, what string, f func(store.Tx) error) error {
 			return s.inTx(ctx, what, func(tx *sql.Tx) error { return f(tx) })
 		}})
