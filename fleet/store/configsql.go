@@ -26,7 +26,7 @@ func scanConfig(r rowScanner) (*ConfigVersion, error) {
 
 func (s *SQL) CreateConfigVersion(ctx context.Context, c *ConfigVersion) error {
 	var next int
-	err := s.inTx(ctx, "create config version", func(tx Tx) error {
+	err := s.inTx(ctx, "create config version", func(tx Conn) error {
 		if s.lockKey != nil {
 			// Replicas may create versions of one project at once:
 			// serialize them so that numbers and the duplicate-hash
@@ -125,7 +125,7 @@ func (s *SQL) ListAssignments(ctx context.Context, projectID string) ([]*Assignm
 }
 
 func (s *SQL) SetAssignments(ctx context.Context, as []*Assignment) error {
-	return s.inTx(ctx, "set assignments", func(tx Tx) error { return UpsertAssignments(ctx, tx, as) })
+	return s.inTx(ctx, "set assignments", func(tx Conn) error { return UpsertAssignments(ctx, tx, as) })
 }
 
 func scanRollout(r rowScanner) (*Rollout, error) {
@@ -157,7 +157,7 @@ func (s *SQL) CreateRollout(ctx context.Context, r *Rollout, agents []*RolloutAg
 
 func (s *SQL) ApplyRolloutChange(ctx context.Context, ch *RolloutChange) error {
 	return ApplyRolloutChange(ctx, ch, func(f func(Execer) error) error {
-		return s.inTx(ctx, "apply rollout change", func(tx Tx) error { return f(tx) })
+		return s.inTx(ctx, "apply rollout change", func(tx Conn) error { return f(tx) })
 	}, s.isUnique)
 }
 

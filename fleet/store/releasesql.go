@@ -67,7 +67,7 @@ func (s *SQL) CreateReleaseRollout(ctx context.Context, r *ReleaseRollout, agent
 	if err != nil {
 		return fmt.Errorf("encode release rollout: %w", err)
 	}
-	err = s.inTx(ctx, "create release rollout", func(tx Tx) error {
+	err = s.inTx(ctx, "create release rollout", func(tx Conn) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO release_rollouts(id, project_id, status, created_at, row_version, doc) VALUES (?,?,?,?,?,?)`,
 			r.ID, r.ProjectID, r.Status, r.CreatedAt.UnixMilli(), 1, string(doc))
 		if s.isUnique(err) {
@@ -166,7 +166,7 @@ func (s *SQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseRolloutC
 	if r != nil && r.UpdatedAt.IsZero() {
 		r.UpdatedAt = time.Now().UTC()
 	}
-	err := s.inTx(ctx, "apply release rollout change", func(tx Tx) error {
+	err := s.inTx(ctx, "apply release rollout change", func(tx Conn) error {
 		if r != nil {
 			cp := *r
 			cp.RowVersion = r.RowVersion + 1
@@ -218,7 +218,7 @@ func (s *SQL) ListReleaseAssignments(ctx context.Context, projectID string) ([]*
 }
 
 func (s *SQL) SetReleaseStatus(ctx context.Context, agentID, version, status, errMsg string, at time.Time) error {
-	return s.inTx(ctx, "set release status", func(tx Tx) error {
+	return s.inTx(ctx, "set release status", func(tx Conn) error {
 		as, err := queryDocs[ReleaseAssignment](ctx, tx, s.mapErr, `SELECT doc FROM release_assignments WHERE agent_id = ? AND version = ?`, agentID, version)
 		if err != nil || len(as) == 0 {
 			return err

@@ -12,11 +12,11 @@ import (
 // embeds it.
 type SQL struct {
 	read     RowQueryer
-	write    Execer
-	inTx     func(ctx context.Context, what string, f func(Tx) error) error
+	write    Conn
+	inTx     func(ctx context.Context, what string, f func(Conn) error) error
 	mapErr   func(error) error
 	isUnique func(error) bool
-	lockKey  func(ctx context.Context, tx Tx, key string) error
+	lockKey  func(ctx context.Context, tx Conn, key string) error
 	prepared func(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
@@ -26,8 +26,9 @@ type RowQueryer interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// Tx is a backend's transaction, in ? placeholders.
-type Tx interface {
+// Conn runs statements and queries in ? placeholders: a backend's
+// database handle or transaction.
+type Conn interface {
 	Execer
 	RowQueryer
 }
@@ -36,10 +37,10 @@ type Tx interface {
 type SQLBackend struct {
 	// Read serves queries, Write single statements.
 	Read  RowQueryer
-	Write Execer
+	Write Conn
 	// InTx runs f in one transaction, named what in its errors, and
 	// returns ErrConflict and ErrNotFound from f as they are.
-	InTx func(ctx context.Context, what string, f func(Tx) error) error
+	InTx func(ctx context.Context, what string, f func(Conn) error) error
 	// MapErr is the backend's own error mapping (SQLite: a full disk is
 	// ErrDiskFull); nil is none.
 	MapErr func(error) error
@@ -47,7 +48,7 @@ type SQLBackend struct {
 	IsUnique func(error) bool
 	// LockKey, if set, takes a lock on key until tx ends (PostgreSQL:
 	// replicas that create config versions of one project at once).
-	LockKey func(ctx context.Context, tx Tx, key string) error
+	LockKey func(ctx context.Context, tx Conn, key string) error
 	// Prepared, if set, returns query prepared once (SQLite: the hot
 	// reads every OpAMP report runs).
 	Prepared func(ctx context.Context, query string) (*sql.Stmt, error)

@@ -51,15 +51,10 @@ func (s *SQL) SetProjectOrg(ctx context.Context, projectID, orgID string) error 
 	if _, err := s.OrgByID(ctx, orgID); err != nil {
 		return err
 	}
-	var one int
-	err := s.read.QueryRowContext(ctx, `SELECT 1 FROM projects WHERE id = ?`, projectID).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("project %q: %w", projectID, ErrNotFound)
+	if _, err := s.ProjectByID(ctx, projectID); err != nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("get project: %w", s.mapErr(err))
-	}
-	_, err = s.write.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
+	_, err := s.write.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
 		ON CONFLICT(project_id) DO UPDATE SET org_id = excluded.org_id`, projectID, orgID)
 	if err != nil {
 		return fmt.Errorf("set project organization: %w", s.mapErr(err))
@@ -164,7 +159,7 @@ func (s *SQL) ListUsers(ctx context.Context) ([]*User, error) {
 }
 
 func (s *SQL) DeleteUser(ctx context.Context, id string) error {
-	return s.inTx(ctx, "delete user", func(tx Tx) error {
+	return s.inTx(ctx, "delete user", func(tx Conn) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM users WHERE id = ?`, id)
 		if err != nil {
 			return err

@@ -74,11 +74,11 @@ func Open(ctx context.Context, dsn string, o *Options) (*Store, error) {
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: rdb{db}, cfg: cfg}
 	s.SQL = store.NewSQL(store.SQLBackend{Read: s.db, Write: s.db, IsUnique: isUnique,
-		LockKey: func(ctx context.Context, tx store.Tx, key string) error {
+		LockKey: func(ctx context.Context, tx store.Conn, key string) error {
 			_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext(?))`, key)
 			return err
 		},
-		InTx: func(ctx context.Context, what string, f func(store.Tx) error) error {
+		InTx: func(ctx context.Context, what string, f func(store.Conn) error) error {
 			return s.inTx(ctx, what, func(tx rtx) error { return f(tx) })
 		}})
 	if err := s.migrate(ctx); err != nil {
@@ -229,189 +229,11 @@ func isUnique(err error) bool {
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
 
-func msp(t *time.Time) any {
-	if t == nil {
-		return nil
-	}
-	return t.UnixMilli()
-}
-
 func fromMS(v int64) time.Time { return time.UnixMilli(v).UTC() }
-
-func fromNull(v sql.NullInt64) *time.Time {
-	if !v.Valid {
-		return nil
-	}
-	t := fromMS(v.Int64)
-	return &t
-}
-
-type scanner interface{ Scan(...any) error }
 
 // Projects.
 
-func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, ms(p.CreatedAt))
-	if isUnique(err) {
-		return fmt.Errorf("create project %q: %w", p.Name, store.ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create project: %w", err)
-	}
-	return nil
-}
-
-func (s *Store) ProjectByID(ctx context.Context, id string) (*store.Project, error) {
-	p := &store.Project{}
-	var created int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("project %q: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get project: %w", err)
-	}
-	p.CreatedAt = fromMS(created)
-	return p, nil
-}
-
-func (s *Store) ListProjects(ctx context.Context) ([]*store.Project, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM projects ORDER BY created_at, name`)
-	if err != nil {
-		return nil, fmt.Errorf("list projects: %w", err)
-	}
-	defer rows.Close()
-	var out []*store.Project
-	for rows.Next() {
-		p := &store.Project{}
-		var created int64
-		if err := rows.Scan(&p.ID, &p.Name, &created); err != nil {
-			return nil, fmt.Errorf("list projects: %w", err)
-		}
-		p.CreatedAt = fromMS(created)
-		out = append(out, p)
-	}
-	return out, rows.Err()
-}
-
 // Tokens.
-
-const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_uses, uses, read_only, created_by, created_at, expires_at, last_used_at, revoked_at`
-
-func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
-	labels, _ := json.Marshal(t.Labels)
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
-		t.CreatedBy, ms(t.CreatedAt), msp(t.ExpiresAt), msp(t.LastUsedAt), msp(t.RevokedAt))
-	if isUnique(err) {
-		return fmt.Errorf("create token %q: %w", t.ID, store.ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create token: %w", err)
-	}
-	return nil
-}
-
-func scanToken(r scanner) (*store.Token, error) {
-	t := &store.Token{}
-	var labels, kind string
-	var created int64
-	var exp, used, revoked sql.NullInt64
-	if err := r.Scan(&t.ID, &t.ProjectID, &t.Name, &kind, &labels, &t.AgentID, &t.KeyID, &t.MaxUses, &t.Uses, &t.ReadOnly,
-		&t.CreatedBy, &created, &exp, &used, &revoked); err != nil {
-		return nil, err
-	}
-	t.Kind = store.TokenKind(kind)
-	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
-		return nil, fmt.Errorf("token %s labels: %w", t.ID, err)
-	}
-	t.CreatedAt = fromMS(created)
-	t.ExpiresAt, t.LastUsedAt, t.RevokedAt = fromNull(exp), fromNull(used), fromNull(revoked)
-	return t, nil
-}
-
-func (s *Store) TokenByID(ctx context.Context, id string) (*store.Token, error) {
-	t, err := scanToken(s.db.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("token %q: %w", id, store.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get token: %w", err)
-	}
-	return t, nil
-}
-
-func (s *Store) ListTokens(ctx context.Context, projectID string, kind store.TokenKind) ([]*store.Token, error) {
-	q := `SELECT ` + tokenCols + ` FROM tokens WHERE project_id = ?`
-	args := []any{projectID}
-	if kind != "" {
-		q += ` AND kind = ?`
-		args = append(args, string(kind))
-	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at DESC, id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
-	}
-	defer rows.Close()
-	var out []*store.Token
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list tokens: %w", err)
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
-}
-
-func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, ms(at), id)
-	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("revoke token %q: %w", id, store.ErrNotFound)
-	}
-	return nil
-}
-
-func (s *Store) RevokedSince(ctx context.Context, t time.Time) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?`, ms(t))
-	if err != nil {
-		return nil, fmt.Errorf("list revoked: %w", err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("list revoked: %w", err)
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
-}
-
-func (s *Store) UseToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, ms(at), id)
-	if err != nil {
-		return fmt.Errorf("use token: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		if _, err := s.TokenByID(ctx, id); err != nil {
-			return err
-		}
-		return fmt.Errorf("token %q: %w", id, store.ErrExhausted)
-	}
-	return nil
-}
-
-func (s *Store) TouchToken(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, ms(at), id); err != nil {
-		return fmt.Errorf("touch token: %w", err)
-	}
-	return nil
-}
 
 // Agents. The record is stored as a JSON document; project and version
 // are columns for filtering and optimistic concurrency.
@@ -541,47 +363,6 @@ func (s *Store) ListAgentCredentials(ctx context.Context) ([]store.AgentCredenti
 }
 
 // Audit.
-
-func (s *Store) AppendAudit(ctx context.Context, e *store.AuditEntry) error {
-	if e.Time.IsZero() {
-		e.Time = time.Now().UTC()
-	}
-	err := s.db.QueryRowContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?) RETURNING id`,
-		ms(e.Time), e.Actor, e.ProjectID, e.Action, e.Target, e.Result).Scan(&e.ID)
-	if err != nil {
-		return fmt.Errorf("append audit: %w", err)
-	}
-	return nil
-}
-
-func (s *Store) ListAudit(ctx context.Context, projectID string, limit int) ([]*store.AuditEntry, error) {
-	if limit <= 0 || limit > 10000 {
-		limit = 1000
-	}
-	q := `SELECT id, time, actor, project_id, action, target, result FROM audit`
-	var args []any
-	if projectID != "" {
-		q += ` WHERE project_id = ?`
-		args = append(args, projectID)
-	}
-	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id DESC LIMIT ?`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list audit: %w", err)
-	}
-	defer rows.Close()
-	var out []*store.AuditEntry
-	for rows.Next() {
-		e := &store.AuditEntry{}
-		var t int64
-		if err := rows.Scan(&e.ID, &t, &e.Actor, &e.ProjectID, &e.Action, &e.Target, &e.Result); err != nil {
-			return nil, fmt.Errorf("list audit: %w", err)
-		}
-		e.Time = fromMS(t)
-		out = append(out, e)
-	}
-	return out, rows.Err()
-}
 
 // pgconnConfig parses dsn for the stdlib adapter.
 func pgconnConfig(dsn string, connectTimeout time.Duration) (*pgx.ConnConfig, error) {
