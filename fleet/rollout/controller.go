@@ -189,13 +189,9 @@ func (c *Controller) Run(ctx context.Context, p Pusher) error {
 				return
 			case <-c.signal:
 			}
-			c.qmu.Lock()
-			batch := c.queue
-			c.queue = map[string]queued{}
-			c.qmu.Unlock()
-			for id, q := range batch {
+			for _, j := range c.takeQueue() {
 				select {
-				case jobs <- job{id: id, queued: q}:
+				case jobs <- j:
 				case <-ctx.Done():
 					return
 				}
@@ -404,6 +400,23 @@ func (c *Controller) queueLocked(id string, a *store.Agent, full bool, asg *stor
 		q.agent = a
 	}
 	c.queue[id] = q
+}
+
+// takeQueue empties the queue of checks and returns them in the order of
+// the agents' ids: a stage's pushes go out so, the agents' reports come
+// back in about that order, and the store writes them in runs (agents'
+// ids sort in the order they enrolled, the order SQLite keeps their rows
+// in; a batch of reports then shares pages).
+func (c *Controller) takeQueue() []job {
+	c.qmu.Lock()
+	batch := c.queue
+	c.queue = map[string]queued{}
+	c.qmu.Unlock()
+	out := make([]job, 0, len(batch))
+	for _, id := range slices.Sorted(maps.Keys(batch)) {
+		out = append(out, job{id: id, queued: batch[id]})
+	}
+	return out
 }
 
 // signalQueue wakes the dispatcher of queued checks.
@@ -1053,11 +1066,14 @@ func (c *Controller) stageStarted(r *store.Rollout, ras []*store.RolloutAgent, c
 	}
 	c.qmu.Unlock()
 	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Int("agents", len(push)))
+	c.qmu.Lock()
 	for _, as := range ch.Assign {
 		if push[as.AgentID] {
-			c.enqueueAssigned(as.AgentID, briefs[as.AgentID], true, as)
+			c.queueLocked(as.AgentID, briefs[as.AgentID], true, as)
 		}
 	}
+	c.qmu.Unlock()
+	c.signalQueue()
 }
 
 // briefs reads the brief records of a project's agents ids, by id; an

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,9 +64,11 @@ type fleet struct {
 	st   store.Store
 	mu   sync.Mutex
 	sent map[string][]string // agent → hashes pushed
-	fail map[string]bool
-	mute map[string]bool // agents that never answer
-	bare bool            // write reports without telling onStatus
+	// order is every agent pushed, in the order of the pushes.
+	order []string
+	fail  map[string]bool
+	mute  map[string]bool // agents that never answer
+	bare  bool            // write reports without telling onStatus
 	// onStatus is the controller's OnAgentStatus.
 	onStatus func(a *store.Agent)
 }
@@ -73,6 +77,7 @@ func (f *fleet) Send(ctx context.Context, id string, msg *protobufs.ServerToAgen
 	h := hex.EncodeToString(msg.RemoteConfig.ConfigHash)
 	f.mu.Lock()
 	f.sent[id] = append(f.sent[id], h)
+	f.order = append(f.order, id)
 	fail, mute := f.fail[id], f.mute[id]
 	f.mu.Unlock()
 	if mute {
@@ -172,15 +177,12 @@ func (e *env) step() {
 func (e *env) deliver() {
 	ctx := e.t.Context()
 	for range 3 {
-		e.c.qmu.Lock()
-		q := e.c.queue
-		e.c.queue = map[string]queued{}
-		e.c.qmu.Unlock()
+		q := e.c.takeQueue()
 		if len(q) == 0 {
 			return
 		}
-		for id, a := range q {
-			e.c.reconcile(ctx, id, a.agent, a.full, a.asg)
+		for _, j := range q {
+			e.c.reconcile(ctx, j.id, j.agent, j.full, j.asg)
 		}
 	}
 }
@@ -708,6 +710,32 @@ func TestFirstStageStartsWithApply(t *testing.T) {
 	e.step()
 	if st := e.status(r3.ID); st.Status != StatusCompleted {
 		t.Fatalf("third rollout %s (%s), want completed", st.Status, st.Reason)
+	}
+}
+
+// TestStagePushesInIDOrder: a stage's pushes go out in the order of the
+// agents' ids (their reports then come back in about the order the store
+// keeps their rows in), whatever order they were queued in.
+func TestStagePushesInIDOrder(t *testing.T) {
+	e := newEnv(t)
+	ids := make([]string, 40)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("a%02d", i)
+	}
+	rand.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	for i, id := range ids {
+		e.agent(id, systemd(i))
+	}
+	for _, id := range ids[:10] { // queued before the stage, in no order
+		e.c.enqueue(id, nil, true)
+	}
+	e.apply("sampling: {frequency_hz: 49}\n", "platform=systemd", 0, 0, 0, 0)
+	e.deliver()
+	e.fl.mu.Lock()
+	order := slices.Clone(e.fl.order)
+	e.fl.mu.Unlock()
+	if len(order) != len(ids) || !slices.IsSorted(order) {
+		t.Fatalf("pushed %v, want the %d agents once each in id order", order, len(ids))
 	}
 }
 
