@@ -43,7 +43,7 @@ type Options struct {
 type Store struct {
 	db  rdb
 	cfg *pgx.ConnConfig // for connections outside the pool (the bus listener)
-	// SQL is the statements both backends share (releases, users).
+	// SQL is the statements both backends share (store/*sql.go).
 	*store.SQL
 }
 

@@ -38,7 +38,7 @@ type Store struct {
 	stmts sync.Map // query → *sql.Stmt
 	// agents group-commits agent record updates (agentwrites.go).
 	agents *agentWriter
-	// SQL is the statements both backends share (releases, users).
+	// SQL is the statements both backends share (store/*sql.go).
 	*store.SQL
 }
 
