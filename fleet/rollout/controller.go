@@ -1060,13 +1060,11 @@ func (c *Controller) stageChange(ctx context.Context, r *store.Rollout, ras []*s
 func (c *Controller) stageStarted(r *store.Rollout, ras []*store.RolloutAgent, ch *store.RolloutChange, push map[string]bool, briefs map[string]*store.Agent, now time.Time) {
 	*r = *ch.Rollout
 	c.track(r, ras, now)
+	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Int("agents", len(push)))
 	c.qmu.Lock()
 	if _, ok := c.watch[r.ConfigHash]; !ok {
 		c.watch[r.ConfigHash] = time.Time{} // before the pushes: their reports count
 	}
-	c.qmu.Unlock()
-	c.log.Info("rollout stage started", zap.String("rollout", r.ID), zap.String("stage", StageName(r, r.Stage)), zap.Int("agents", len(push)))
-	c.qmu.Lock()
 	for _, as := range ch.Assign {
 		if push[as.AgentID] {
 			c.queueLocked(as.AgentID, briefs[as.AgentID], true, as)

@@ -26,12 +26,12 @@ func scanConfig(r rowScanner) (*ConfigVersion, error) {
 
 func (s *SQL) CreateConfigVersion(ctx context.Context, c *ConfigVersion) error {
 	var next int
-	err := s.inTx(ctx, "create config version", func(tx Conn) error {
-		if s.lockKey != nil {
+	err := s.b.InTx(ctx, "create config version", func(tx Conn) error {
+		if s.b.LockKey != nil {
 			// Replicas may create versions of one project at once:
 			// serialize them so that numbers and the duplicate-hash
 			// check stay exact.
-			if err := s.lockKey(ctx, tx, "config_versions/"+c.ProjectID); err != nil {
+			if err := s.b.LockKey(ctx, tx, "config_versions/"+c.ProjectID); err != nil {
 				return err
 			}
 		}
@@ -40,7 +40,7 @@ func (s *SQL) CreateConfigVersion(ctx context.Context, c *ConfigVersion) error {
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO config_versions(`+configCols+`) VALUES (?,?,?,?,?,?,?)`,
 			c.ID, c.ProjectID, next, c.Hash, c.YAML, c.CreatedBy, c.CreatedAt.UnixMilli())
-		if s.isUnique(err) {
+		if s.b.IsUnique(err) {
 			return fmt.Errorf("create config version %s: %w", c.Hash, ErrConflict)
 		}
 		return err
@@ -53,29 +53,29 @@ func (s *SQL) CreateConfigVersion(ctx context.Context, c *ConfigVersion) error {
 }
 
 func (s *SQL) ConfigVersionByID(ctx context.Context, id string) (*ConfigVersion, error) {
-	c, err := scanConfig(s.read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE id = ?`, id))
+	c, err := scanConfig(s.b.Read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("config version %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get config version: %w", s.b.MapErr(err))
 	}
 	return c, nil
 }
 
 func (s *SQL) ConfigVersionByHash(ctx context.Context, projectID, hash string) (*ConfigVersion, error) {
-	c, err := scanConfig(s.read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? AND hash = ?`, projectID, hash))
+	c, err := scanConfig(s.b.Read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? AND hash = ?`, projectID, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("config version with hash %s: %w", hash, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get config version: %w", s.b.MapErr(err))
 	}
 	return c, nil
 }
 
 func (s *SQL) ListConfigVersions(ctx context.Context, projectID string) ([]*ConfigVersion, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list config versions", func(r *sql.Rows) (*ConfigVersion, error) { return scanConfig(r) },
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list config versions", func(r *sql.Rows) (*ConfigVersion, error) { return scanConfig(r) },
 		`SELECT `+configCols+` FROM config_versions WHERE project_id = ? ORDER BY version DESC`, projectID)
 }
 
@@ -101,7 +101,7 @@ func (s *SQL) AssignmentByAgent(ctx context.Context, agentID string) (*Assignmen
 		return nil, fmt.Errorf("assignment of agent %q: %w", agentID, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get assignment: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get assignment: %w", s.b.MapErr(err))
 	}
 	return a, nil
 }
@@ -109,10 +109,10 @@ func (s *SQL) AssignmentByAgent(ctx context.Context, agentID string) (*Assignmen
 // queryRowHot runs a query of a hot path: prepared once when the backend
 // keeps prepared statements.
 func (s *SQL) queryRowHot(ctx context.Context, q string, args ...any) (*sql.Row, error) {
-	if s.prepared == nil {
-		return s.read.QueryRowContext(ctx, q, args...), nil
+	if s.b.Prepared == nil {
+		return s.b.Read.QueryRowContext(ctx, q, args...), nil
 	}
-	st, err := s.prepared(ctx, q)
+	st, err := s.b.Prepared(ctx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +120,12 @@ func (s *SQL) queryRowHot(ctx context.Context, q string, args ...any) (*sql.Row,
 }
 
 func (s *SQL) ListAssignments(ctx context.Context, projectID string) ([]*Assignment, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list assignments", func(r *sql.Rows) (*Assignment, error) { return scanAssignment(r) },
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list assignments", func(r *sql.Rows) (*Assignment, error) { return scanAssignment(r) },
 		`SELECT `+assignCols+` FROM config_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
 }
 
 func (s *SQL) SetAssignments(ctx context.Context, as []*Assignment) error {
-	return s.inTx(ctx, "set assignments", func(tx Conn) error { return UpsertAssignments(ctx, tx, as) })
+	return s.b.InTx(ctx, "set assignments", func(tx Conn) error { return UpsertAssignments(ctx, tx, as) })
 }
 
 func scanRollout(r rowScanner) (*Rollout, error) {
@@ -143,31 +143,23 @@ func scanRollout(r rowScanner) (*Rollout, error) {
 	return ro, nil
 }
 
-func fromNullMillis(v sql.NullInt64) *time.Time {
-	if !v.Valid {
-		return nil
-	}
-	t := fromMillis(v.Int64)
-	return &t
-}
-
 func (s *SQL) CreateRollout(ctx context.Context, r *Rollout, agents []*RolloutAgent) error {
 	return s.ApplyRolloutChange(ctx, &RolloutChange{Create: true, Rollout: r, Agents: agents})
 }
 
 func (s *SQL) ApplyRolloutChange(ctx context.Context, ch *RolloutChange) error {
 	return ApplyRolloutChange(ctx, ch, func(f func(Execer) error) error {
-		return s.inTx(ctx, "apply rollout change", func(tx Conn) error { return f(tx) })
-	}, s.isUnique)
+		return s.b.InTx(ctx, "apply rollout change", func(tx Conn) error { return f(tx) })
+	}, s.b.IsUnique)
 }
 
 func (s *SQL) RolloutByID(ctx context.Context, id string) (*Rollout, error) {
-	r, err := scanRollout(s.read.QueryRowContext(ctx, `SELECT `+RolloutCols+` FROM rollouts WHERE id = ?`, id))
+	r, err := scanRollout(s.b.Read.QueryRowContext(ctx, `SELECT `+RolloutCols+` FROM rollouts WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("rollout %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get rollout: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get rollout: %w", s.b.MapErr(err))
 	}
 	return r, nil
 }
@@ -189,7 +181,7 @@ func (s *SQL) ListRollouts(ctx context.Context, f RolloutFilter) ([]*Rollout, er
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
-	return queryRows(ctx, s.read, s.mapErr, "list rollouts", func(r *sql.Rows) (*Rollout, error) { return scanRollout(r) },
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list rollouts", func(r *sql.Rows) (*Rollout, error) { return scanRollout(r) },
 		q+` ORDER BY created_at DESC, id DESC`, args...)
 }
 
@@ -198,14 +190,14 @@ func (s *SQL) ListRollouts(ctx context.Context, f RolloutFilter) ([]*Rollout, er
 const CountRolloutAgentsSQL = `SELECT stage, state, COUNT(*) FROM rollout_agents WHERE rollout_id = ? GROUP BY stage, state ORDER BY stage, state`
 
 func (s *SQL) CountRolloutAgents(ctx context.Context, rolloutID string) ([]RolloutAgentCount, error) {
-	return queryRows(ctx, s.read, s.mapErr, "count rollout agents", func(r *sql.Rows) (RolloutAgentCount, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "count rollout agents", func(r *sql.Rows) (RolloutAgentCount, error) {
 		var c RolloutAgentCount
 		return c, r.Scan(&c.Stage, &c.State, &c.N)
 	}, CountRolloutAgentsSQL, rolloutID)
 }
 
 func (s *SQL) ListRolloutAgents(ctx context.Context, rolloutID string) ([]*RolloutAgent, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list rollout agents", func(r *sql.Rows) (*RolloutAgent, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list rollout agents", func(r *sql.Rows) (*RolloutAgent, error) {
 		a := &RolloutAgent{}
 		var upd int64
 		err := r.Scan(&a.RolloutID, &a.AgentID, &a.Stage, &a.PreviousConfigID, &a.State, &a.Error, &upd)

@@ -20,18 +20,18 @@ func (s *SQL) CreateRelease(ctx context.Context, r *Release) error {
 	if err != nil {
 		return fmt.Errorf("encode release: %w", err)
 	}
-	_, err = s.write.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, r.CreatedAt.UnixMilli(), string(doc))
-	if s.isUnique(err) {
+	_, err = s.b.Write.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, r.CreatedAt.UnixMilli(), string(doc))
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("release %s: %w", r.Version, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("insert release: %w", s.mapErr(err))
+		return fmt.Errorf("insert release: %w", s.b.MapErr(err))
 	}
 	return nil
 }
 
 func (s *SQL) ReleaseByVersion(ctx context.Context, version string) (*Release, error) {
-	rs, err := queryDocs[Release](ctx, s.read, s.mapErr, `SELECT doc FROM releases WHERE version = ?`, version)
+	rs, err := queryDocs[Release](ctx, s.b.Read, s.b.MapErr, `SELECT doc FROM releases WHERE version = ?`, version)
 	if err != nil {
 		return nil, fmt.Errorf("get release %s: %w", version, err)
 	}
@@ -42,7 +42,7 @@ func (s *SQL) ReleaseByVersion(ctx context.Context, version string) (*Release, e
 }
 
 func (s *SQL) ListReleases(ctx context.Context) ([]*Release, error) {
-	return queryDocs[Release](ctx, s.read, s.mapErr, `SELECT doc FROM releases ORDER BY created_at DESC, version DESC`)
+	return queryDocs[Release](ctx, s.b.Read, s.b.MapErr, `SELECT doc FROM releases ORDER BY created_at DESC, version DESC`)
 }
 
 // queryDocs runs q on db, whose one column is a JSON document of a T.
@@ -67,10 +67,10 @@ func (s *SQL) CreateReleaseRollout(ctx context.Context, r *ReleaseRollout, agent
 	if err != nil {
 		return fmt.Errorf("encode release rollout: %w", err)
 	}
-	err = s.inTx(ctx, "create release rollout", func(tx Conn) error {
+	err = s.b.InTx(ctx, "create release rollout", func(tx Conn) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO release_rollouts(id, project_id, status, created_at, row_version, doc) VALUES (?,?,?,?,?,?)`,
 			r.ID, r.ProjectID, r.Status, r.CreatedAt.UnixMilli(), 1, string(doc))
-		if s.isUnique(err) {
+		if s.b.IsUnique(err) {
 			return fmt.Errorf("release rollout %s: %w", r.ID, ErrConflict)
 		}
 		if err != nil {
@@ -96,7 +96,7 @@ func (s *SQL) ReleaseRolloutByID(ctx context.Context, id string) (*ReleaseRollou
 }
 
 func (s *SQL) queryReleaseRollouts(ctx context.Context, q string, args ...any) ([]*ReleaseRollout, error) {
-	return queryRows(ctx, s.read, s.mapErr, "query release rollouts", func(r *sql.Rows) (*ReleaseRollout, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "query release rollouts", func(r *sql.Rows) (*ReleaseRollout, error) {
 		var doc string
 		var ver int64
 		if err := r.Scan(&doc, &ver); err != nil {
@@ -129,7 +129,7 @@ func (s *SQL) ListReleaseRollouts(ctx context.Context, f RolloutFilter) ([]*Rele
 }
 
 func (s *SQL) ListReleaseRolloutAgents(ctx context.Context, rolloutID string) ([]*RolloutAgent, error) {
-	return queryDocs[RolloutAgent](ctx, s.read, s.mapErr, `SELECT doc FROM release_rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
+	return queryDocs[RolloutAgent](ctx, s.b.Read, s.b.MapErr, `SELECT doc FROM release_rollout_agents WHERE rollout_id = ? ORDER BY stage, agent_id`, rolloutID)
 }
 
 func upsertReleaseRolloutAgents(ctx context.Context, tx Execer, as []*RolloutAgent) error {
@@ -166,7 +166,7 @@ func (s *SQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseRolloutC
 	if r != nil && r.UpdatedAt.IsZero() {
 		r.UpdatedAt = time.Now().UTC()
 	}
-	err := s.inTx(ctx, "apply release rollout change", func(tx Conn) error {
+	err := s.b.InTx(ctx, "apply release rollout change", func(tx Conn) error {
 		if r != nil {
 			cp := *r
 			cp.RowVersion = r.RowVersion + 1
@@ -203,7 +203,7 @@ func (s *SQL) ApplyReleaseRolloutChange(ctx context.Context, ch *ReleaseRolloutC
 }
 
 func (s *SQL) ReleaseAssignmentByAgent(ctx context.Context, agentID string) (*ReleaseAssignment, error) {
-	as, err := queryDocs[ReleaseAssignment](ctx, s.read, s.mapErr, `SELECT doc FROM release_assignments WHERE agent_id = ?`, agentID)
+	as, err := queryDocs[ReleaseAssignment](ctx, s.b.Read, s.b.MapErr, `SELECT doc FROM release_assignments WHERE agent_id = ?`, agentID)
 	if err != nil {
 		return nil, err
 	}
@@ -214,12 +214,12 @@ func (s *SQL) ReleaseAssignmentByAgent(ctx context.Context, agentID string) (*Re
 }
 
 func (s *SQL) ListReleaseAssignments(ctx context.Context, projectID string) ([]*ReleaseAssignment, error) {
-	return queryDocs[ReleaseAssignment](ctx, s.read, s.mapErr, `SELECT doc FROM release_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
+	return queryDocs[ReleaseAssignment](ctx, s.b.Read, s.b.MapErr, `SELECT doc FROM release_assignments WHERE project_id = ? ORDER BY agent_id`, projectID)
 }
 
 func (s *SQL) SetReleaseStatus(ctx context.Context, agentID, version, status, errMsg string, at time.Time) error {
-	return s.inTx(ctx, "set release status", func(tx Conn) error {
-		as, err := queryDocs[ReleaseAssignment](ctx, tx, s.mapErr, `SELECT doc FROM release_assignments WHERE agent_id = ? AND version = ?`, agentID, version)
+	return s.b.InTx(ctx, "set release status", func(tx Conn) error {
+		as, err := queryDocs[ReleaseAssignment](ctx, tx, s.b.MapErr, `SELECT doc FROM release_assignments WHERE agent_id = ? AND version = ?`, agentID, version)
 		if err != nil || len(as) == 0 {
 			return err
 		}

@@ -3,22 +3,16 @@ package store
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"time"
 )
 
 // SQL is the part of both SQL backends that is the same statements, in ?
-// placeholders, over a backend's handles: config versions, assignments
-// and rollouts (configsql.go), releases (releasesql.go) and
-// organizations, users, memberships and sessions (usersql.go). A backend
-// embeds it.
-type SQL struct {
-	read     RowQueryer
-	write    Conn
-	inTx     func(ctx context.Context, what string, f func(Conn) error) error
-	mapErr   func(error) error
-	isUnique func(error) bool
-	lockKey  func(ctx context.Context, tx Conn, key string) error
-	prepared func(ctx context.Context, query string) (*sql.Stmt, error)
-}
+// placeholders, over a backend's handles: projects, tokens and the audit
+// log (tokensql.go), config versions, assignments and rollouts
+// (configsql.go), releases (releasesql.go) and organizations, users,
+// memberships and sessions (usersql.go). A backend embeds it.
+type SQL struct{ b SQLBackend }
 
 // RowQueryer runs queries in ? placeholders: a backend's database handle.
 type RowQueryer interface {
@@ -56,9 +50,43 @@ type SQLBackend struct {
 
 // NewSQL returns the shared statements over b.
 func NewSQL(b SQLBackend) *SQL {
-	s := &SQL{read: b.Read, write: b.Write, inTx: b.InTx, mapErr: b.MapErr, isUnique: b.IsUnique, lockKey: b.LockKey, prepared: b.Prepared}
-	if s.mapErr == nil {
-		s.mapErr = func(err error) error { return err }
+	if b.MapErr == nil {
+		b.MapErr = func(err error) error { return err }
 	}
-	return s
+	return &SQL{b: b}
 }
+
+// fromMillis and fromNullMillis read the Unix-millisecond columns.
+func fromMillis(v int64) time.Time { return time.UnixMilli(v).UTC() }
+
+func fromNullMillis(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := fromMillis(v.Int64)
+	return &t
+}
+
+// queryRows runs q on db and scans each row with scan; what names the
+// query in errors.
+func queryRows[T any](ctx context.Context, db Queryer, mapErr func(error) error, what string, scan func(*sql.Rows) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, mapErr(err))
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, mapErr(err))
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, mapErr(err))
+	}
+	return out, nil
+}
+
+type rowScanner interface{ Scan(...any) error }

@@ -12,12 +12,12 @@ import (
 // Projects, tokens and the audit log.
 
 func (s *SQL) CreateProject(ctx context.Context, p *Project) error {
-	_, err := s.write.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, p.CreatedAt.UnixMilli())
-	if s.isUnique(err) {
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, p.CreatedAt.UnixMilli())
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("create project %q: %w", p.Name, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create project: %w", s.mapErr(err))
+		return fmt.Errorf("create project: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -25,19 +25,19 @@ func (s *SQL) CreateProject(ctx context.Context, p *Project) error {
 func (s *SQL) ProjectByID(ctx context.Context, id string) (*Project, error) {
 	p := &Project{}
 	var created int64
-	err := s.read.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
+	err := s.b.Read.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("project %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get project: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get project: %w", s.b.MapErr(err))
 	}
 	p.CreatedAt = fromMillis(created)
 	return p, nil
 }
 
 func (s *SQL) ListProjects(ctx context.Context) ([]*Project, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list projects", func(r *sql.Rows) (*Project, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list projects", func(r *sql.Rows) (*Project, error) {
 		p := &Project{}
 		var created int64
 		err := r.Scan(&p.ID, &p.Name, &created)
@@ -50,14 +50,14 @@ const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_use
 
 func (s *SQL) CreateToken(ctx context.Context, t *Token) error {
 	labels, _ := json.Marshal(t.Labels)
-	_, err := s.write.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
 		t.CreatedBy, t.CreatedAt.UnixMilli(), millis(t.ExpiresAt), millis(t.LastUsedAt), millis(t.RevokedAt))
-	if s.isUnique(err) {
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("create token %q: %w", t.ID, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create token: %w", s.mapErr(err))
+		return fmt.Errorf("create token: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -81,12 +81,12 @@ func scanToken(r rowScanner) (*Token, error) {
 }
 
 func (s *SQL) TokenByID(ctx context.Context, id string) (*Token, error) {
-	t, err := scanToken(s.read.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
+	t, err := scanToken(s.b.Read.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("token %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get token: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get token: %w", s.b.MapErr(err))
 	}
 	return t, nil
 }
@@ -98,13 +98,13 @@ func (s *SQL) ListTokens(ctx context.Context, projectID string, kind TokenKind) 
 		q += ` AND kind = ?`
 		args = append(args, string(kind))
 	}
-	return queryRows(ctx, s.read, s.mapErr, "list tokens", func(r *sql.Rows) (*Token, error) { return scanToken(r) }, q+` ORDER BY created_at DESC, id`, args...)
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list tokens", func(r *sql.Rows) (*Token, error) { return scanToken(r) }, q+` ORDER BY created_at DESC, id`, args...)
 }
 
 func (s *SQL) RevokeToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.write.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, at.UnixMilli(), id)
+	res, err := s.b.Write.ExecContext(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, at.UnixMilli(), id)
 	if err != nil {
-		return fmt.Errorf("revoke token: %w", s.mapErr(err))
+		return fmt.Errorf("revoke token: %w", s.b.MapErr(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("revoke token %q: %w", id, ErrNotFound)
@@ -113,16 +113,16 @@ func (s *SQL) RevokeToken(ctx context.Context, id string, at time.Time) error {
 }
 
 func (s *SQL) RevokedSince(ctx context.Context, t time.Time) ([]string, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list revoked", func(r *sql.Rows) (string, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list revoked", func(r *sql.Rows) (string, error) {
 		var id string
 		return id, r.Scan(&id)
 	}, `SELECT id FROM tokens WHERE revoked_at IS NOT NULL AND revoked_at >= ?`, t.UnixMilli())
 }
 
 func (s *SQL) UseToken(ctx context.Context, id string, at time.Time) error {
-	res, err := s.write.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, at.UnixMilli(), id)
+	res, err := s.b.Write.ExecContext(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND (max_uses = 0 OR uses < max_uses)`, at.UnixMilli(), id)
 	if err != nil {
-		return fmt.Errorf("use token: %w", s.mapErr(err))
+		return fmt.Errorf("use token: %w", s.b.MapErr(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		if _, err := s.TokenByID(ctx, id); err != nil {
@@ -134,8 +134,8 @@ func (s *SQL) UseToken(ctx context.Context, id string, at time.Time) error {
 }
 
 func (s *SQL) TouchToken(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.write.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, at.UnixMilli(), id); err != nil {
-		return fmt.Errorf("touch token: %w", s.mapErr(err))
+	if _, err := s.b.Write.ExecContext(ctx, `UPDATE tokens SET last_used_at = ? WHERE id = ?`, at.UnixMilli(), id); err != nil {
+		return fmt.Errorf("touch token: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -151,7 +151,7 @@ func (s *SQL) ListAudit(ctx context.Context, projectID string, limit int) ([]*Au
 		args = append(args, projectID)
 	}
 	args = append(args, limit)
-	return queryRows(ctx, s.read, s.mapErr, "list audit", func(r *sql.Rows) (*AuditEntry, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list audit", func(r *sql.Rows) (*AuditEntry, error) {
 		e := &AuditEntry{}
 		var t int64
 		err := r.Scan(&e.ID, &t, &e.Actor, &e.ProjectID, &e.Action, &e.Target, &e.Result)
@@ -164,10 +164,10 @@ func (s *SQL) AppendAudit(ctx context.Context, e *AuditEntry) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
-	err := s.write.QueryRowContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?) RETURNING id`,
+	err := s.b.Write.QueryRowContext(ctx, `INSERT INTO audit(time, actor, project_id, action, target, result) VALUES (?,?,?,?,?,?) RETURNING id`,
 		e.Time.UnixMilli(), e.Actor, e.ProjectID, e.Action, e.Target, e.Result).Scan(&e.ID)
 	if err != nil {
-		return fmt.Errorf("append audit: %w", s.mapErr(err))
+		return fmt.Errorf("append audit: %w", s.b.MapErr(err))
 	}
 	return nil
 }

@@ -13,12 +13,12 @@ var _ Users = (*SQL)(nil)
 // Organizations.
 
 func (s *SQL) CreateOrg(ctx context.Context, o *Org) error {
-	_, err := s.write.ExecContext(ctx, `INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, o.CreatedAt.UnixMilli())
-	if s.isUnique(err) {
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, o.CreatedAt.UnixMilli())
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("create organization %q: %w", o.Name, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create organization: %w", s.mapErr(err))
+		return fmt.Errorf("create organization: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -26,19 +26,19 @@ func (s *SQL) CreateOrg(ctx context.Context, o *Org) error {
 func (s *SQL) OrgByID(ctx context.Context, id string) (*Org, error) {
 	o := &Org{}
 	var created int64
-	err := s.read.QueryRowContext(ctx, `SELECT id, name, created_at FROM orgs WHERE id = ?`, id).Scan(&o.ID, &o.Name, &created)
+	err := s.b.Read.QueryRowContext(ctx, `SELECT id, name, created_at FROM orgs WHERE id = ?`, id).Scan(&o.ID, &o.Name, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("organization %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get organization: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get organization: %w", s.b.MapErr(err))
 	}
 	o.CreatedAt = fromMillis(created)
 	return o, nil
 }
 
 func (s *SQL) ListOrgs(ctx context.Context) ([]*Org, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list organizations", func(r *sql.Rows) (*Org, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list organizations", func(r *sql.Rows) (*Org, error) {
 		o := &Org{}
 		var created int64
 		err := r.Scan(&o.ID, &o.Name, &created)
@@ -54,17 +54,17 @@ func (s *SQL) SetProjectOrg(ctx context.Context, projectID, orgID string) error 
 	if _, err := s.ProjectByID(ctx, projectID); err != nil {
 		return err
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO org_projects(project_id, org_id) VALUES (?, ?)
 		ON CONFLICT(project_id) DO UPDATE SET org_id = excluded.org_id`, projectID, orgID)
 	if err != nil {
-		return fmt.Errorf("set project organization: %w", s.mapErr(err))
+		return fmt.Errorf("set project organization: %w", s.b.MapErr(err))
 	}
 	return nil
 }
 
 func (s *SQL) ProjectOrgs(ctx context.Context) (map[string]string, error) {
 	type pair struct{ p, o string }
-	ps, err := queryRows(ctx, s.read, s.mapErr, "list project organizations", func(r *sql.Rows) (pair, error) {
+	ps, err := queryRows(ctx, s.b.Read, s.b.MapErr, "list project organizations", func(r *sql.Rows) (pair, error) {
 		var p pair
 		return p, r.Scan(&p.p, &p.o)
 	}, `SELECT project_id, org_id FROM org_projects`)
@@ -78,47 +78,21 @@ func (s *SQL) ProjectOrgs(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// queryRows runs q on db and scans each row with scan; what names the
-// query in errors.
-func queryRows[T any](ctx context.Context, db Queryer, mapErr func(error) error, what string, scan func(*sql.Rows) (T, error), q string, args ...any) ([]T, error) {
-	rows, err := db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, mapErr(err))
-	}
-	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, mapErr(err))
-		}
-		out = append(out, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, mapErr(err))
-	}
-	return out, nil
-}
-
-func fromMillis(v int64) time.Time { return time.UnixMilli(v).UTC() }
-
 // Users.
 
 const userCols = `id, name, key_hash, fleet_admin, read_only, created_by, created_at, last_login_at`
 
 func (s *SQL) CreateUser(ctx context.Context, u *User) error {
-	_, err := s.write.ExecContext(ctx, `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
 		u.ID, u.Name, u.KeyHash, u.FleetAdmin, u.ReadOnly, u.CreatedBy, u.CreatedAt.UnixMilli(), millis(u.LastLoginAt))
-	if s.isUnique(err) {
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("create user %q: %w", u.Name, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create user: %w", s.mapErr(err))
+		return fmt.Errorf("create user: %w", s.b.MapErr(err))
 	}
 	return nil
 }
-
-type rowScanner interface{ Scan(...any) error }
 
 func scanUser(r rowScanner) (*User, error) {
 	u := &User{}
@@ -136,12 +110,12 @@ func scanUser(r rowScanner) (*User, error) {
 }
 
 func (s *SQL) userWhere(ctx context.Context, col, v string) (*User, error) {
-	u, err := scanUser(s.read.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE `+col+` = ?`, v))
+	u, err := scanUser(s.b.Read.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE `+col+` = ?`, v))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("user: %w", ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get user: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get user: %w", s.b.MapErr(err))
 	}
 	return u, nil
 }
@@ -155,11 +129,11 @@ func (s *SQL) UserByKeyHash(ctx context.Context, hash string) (*User, error) {
 }
 
 func (s *SQL) ListUsers(ctx context.Context) ([]*User, error) {
-	return queryRows(ctx, s.read, s.mapErr, "list users", func(r *sql.Rows) (*User, error) { return scanUser(r) }, `SELECT `+userCols+` FROM users ORDER BY name`)
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list users", func(r *sql.Rows) (*User, error) { return scanUser(r) }, `SELECT `+userCols+` FROM users ORDER BY name`)
 }
 
 func (s *SQL) DeleteUser(ctx context.Context, id string) error {
-	return s.inTx(ctx, "delete user", func(tx Conn) error {
+	return s.b.InTx(ctx, "delete user", func(tx Conn) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM users WHERE id = ?`, id)
 		if err != nil {
 			return err
@@ -178,8 +152,8 @@ func (s *SQL) DeleteUser(ctx context.Context, id string) error {
 }
 
 func (s *SQL) TouchUser(ctx context.Context, id string, at time.Time) error {
-	if _, err := s.write.ExecContext(ctx, `UPDATE users SET last_login_at = ? WHERE id = ?`, at.UnixMilli(), id); err != nil {
-		return fmt.Errorf("touch user: %w", s.mapErr(err))
+	if _, err := s.b.Write.ExecContext(ctx, `UPDATE users SET last_login_at = ? WHERE id = ?`, at.UnixMilli(), id); err != nil {
+		return fmt.Errorf("touch user: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -188,8 +162,8 @@ func (s *SQL) TouchUser(ctx context.Context, id string, at time.Time) error {
 
 func (s *SQL) SetMembership(ctx context.Context, m Membership) error {
 	if m.Role == RoleNone {
-		if _, err := s.write.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ? AND org_id = ?`, m.UserID, m.OrgID); err != nil {
-			return fmt.Errorf("remove membership: %w", s.mapErr(err))
+		if _, err := s.b.Write.ExecContext(ctx, `DELETE FROM memberships WHERE user_id = ? AND org_id = ?`, m.UserID, m.OrgID); err != nil {
+			return fmt.Errorf("remove membership: %w", s.b.MapErr(err))
 		}
 		return nil
 	}
@@ -199,10 +173,10 @@ func (s *SQL) SetMembership(ctx context.Context, m Membership) error {
 	if _, err := s.OrgByID(ctx, m.OrgID); err != nil {
 		return err
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO memberships(user_id, org_id, role) VALUES (?, ?, ?)
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO memberships(user_id, org_id, role) VALUES (?, ?, ?)
 		ON CONFLICT(user_id, org_id) DO UPDATE SET role = excluded.role`, m.UserID, m.OrgID, string(m.Role))
 	if err != nil {
-		return fmt.Errorf("set membership: %w", s.mapErr(err))
+		return fmt.Errorf("set membership: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -214,7 +188,7 @@ func (s *SQL) Memberships(ctx context.Context, userID string) ([]Membership, err
 		q += ` WHERE user_id = ?`
 		args = append(args, userID)
 	}
-	return queryRows(ctx, s.read, s.mapErr, "list memberships", func(r *sql.Rows) (Membership, error) {
+	return queryRows(ctx, s.b.Read, s.b.MapErr, "list memberships", func(r *sql.Rows) (Membership, error) {
 		var m Membership
 		var role string
 		err := r.Scan(&m.UserID, &m.OrgID, &role)
@@ -227,16 +201,16 @@ func (s *SQL) Memberships(ctx context.Context, userID string) ([]Membership, err
 
 func (s *SQL) CreateSession(ctx context.Context, se *Session) error {
 	// Expired sessions go on every sign-in, which keeps the table small.
-	if _, err := s.write.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, se.CreatedAt.UnixMilli()); err != nil {
-		return fmt.Errorf("expire sessions: %w", s.mapErr(err))
+	if _, err := s.b.Write.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, se.CreatedAt.UnixMilli()); err != nil {
+		return fmt.Errorf("expire sessions: %w", s.b.MapErr(err))
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
+	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
 		se.ID, se.CSRF, se.Kind, se.Subject, se.Name, se.CreatedAt.UnixMilli(), se.ExpiresAt.UnixMilli())
-	if s.isUnique(err) {
+	if s.b.IsUnique(err) {
 		return fmt.Errorf("create session: %w", ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("create session: %w", s.mapErr(err))
+		return fmt.Errorf("create session: %w", s.b.MapErr(err))
 	}
 	return nil
 }
@@ -244,21 +218,21 @@ func (s *SQL) CreateSession(ctx context.Context, se *Session) error {
 func (s *SQL) SessionByID(ctx context.Context, id string, now time.Time) (*Session, error) {
 	se := &Session{ID: id}
 	var created, expires int64
-	err := s.read.QueryRowContext(ctx, `SELECT csrf, kind, subject, name, created_at, expires_at FROM sessions WHERE id = ? AND expires_at > ?`, id, now.UnixMilli()).
+	err := s.b.Read.QueryRowContext(ctx, `SELECT csrf, kind, subject, name, created_at, expires_at FROM sessions WHERE id = ? AND expires_at > ?`, id, now.UnixMilli()).
 		Scan(&se.CSRF, &se.Kind, &se.Subject, &se.Name, &created, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("session: %w", ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get session: %w", s.mapErr(err))
+		return nil, fmt.Errorf("get session: %w", s.b.MapErr(err))
 	}
 	se.CreatedAt, se.ExpiresAt = fromMillis(created), fromMillis(expires)
 	return se, nil
 }
 
 func (s *SQL) DeleteSession(ctx context.Context, id string) error {
-	if _, err := s.write.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
-		return fmt.Errorf("delete session: %w", s.mapErr(err))
+	if _, err := s.b.Write.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id); err != nil {
+		return fmt.Errorf("delete session: %w", s.b.MapErr(err))
 	}
 	return nil
 }
