@@ -48,6 +48,9 @@ type Callbacks struct {
 	// EffectiveConfig returns the config in effect now (reported on
 	// connect and on request).
 	EffectiveConfig func() []byte
+	// EffectiveConfigType is the content type of the effective config's
+	// bodies; default "application/yaml".
+	EffectiveConfigType string
 	// OnPackages handles a PackagesAvailable offer (agent upgrades).
 	OnPackages func(ctx context.Context, p *protobufs.PackagesAvailable, report func(*protobufs.PackageStatuses))
 }
@@ -64,6 +67,9 @@ func (c *Callbacks) SetDefaults() {
 	}
 	if c.EffectiveConfig == nil {
 		c.EffectiveConfig = func() []byte { return nil }
+	}
+	if c.EffectiveConfigType == "" {
+		c.EffectiveConfigType = "application/yaml"
 	}
 	if c.OnPackages == nil {
 		c.OnPackages = func(context.Context, *protobufs.PackagesAvailable, func(*protobufs.PackageStatuses)) {}
@@ -348,7 +354,7 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 			OnOpampConnectionSettings: c.onSettings,
 			OnMessage:                 c.onMessage(cl),
 			GetEffectiveConfig: func(context.Context) (*protobufs.EffectiveConfig, error) {
-				return effective(c.o.Callbacks.EffectiveConfig()), nil
+				return effective(c.o.Callbacks.EffectiveConfig(), c.o.Callbacks.EffectiveConfigType), nil
 			},
 			SaveRemoteConfigStatus: func(_ context.Context, st *protobufs.RemoteConfigStatus) {
 				c.mu.Lock()
@@ -383,12 +389,12 @@ func (c *Client) start(ctx context.Context, tok string) (client.OpAMPClient, err
 	return cl, nil
 }
 
-func effective(body []byte) *protobufs.EffectiveConfig {
+func effective(body []byte, contentType string) *protobufs.EffectiveConfig {
 	if body == nil {
 		return nil
 	}
 	return &protobufs.EffectiveConfig{ConfigMap: &protobufs.AgentConfigMap{ConfigMap: map[string]*protobufs.AgentConfigFile{
-		"": {Body: body, ContentType: "application/yaml"},
+		"": {Body: body, ContentType: contentType},
 	}}}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fleetprof/fleetprof/fleet/auth"
 	"github.com/fleetprof/fleetprof/fleet/store"
+	"github.com/fleetprof/fleetprof/internal/config"
 	"github.com/fleetprof/fleetprof/internal/selector"
 	"github.com/fleetprof/fleetprof/internal/token"
 )
@@ -724,11 +725,32 @@ type AgentRow struct {
 	State string `json:"state"`
 }
 
-// shown blanks, in agent records read for an answer, what the console
-// never shows: the recorded hash of the agent's credential.
+// shown prepares agent records read for an answer: it blanks what the
+// console never shows (the recorded hash of the agent's credential) and
+// shows an effective config reported as JSON (config.JSON, what agents
+// report) as the canonical YAML operators write, rendering each distinct
+// one once.
 func shown(ags ...*store.Agent) {
+	var yamlOf map[string]string
 	for _, ag := range ags {
 		ag.CredentialHash = ""
+		if !strings.HasPrefix(ag.EffectiveConfig, "{") {
+			continue
+		}
+		if yamlOf == nil {
+			yamlOf = map[string]string{}
+		}
+		y, ok := yamlOf[ag.EffectiveConfig]
+		if !ok {
+			y = ag.EffectiveConfig // not a config: shown as reported
+			if c, err := config.ParseJSON([]byte(y)); err == nil {
+				if b, err := c.Marshal(); err == nil {
+					y = string(b)
+				}
+			}
+			yamlOf[ag.EffectiveConfig] = y
+		}
+		ag.EffectiveConfig = y
 	}
 }
 

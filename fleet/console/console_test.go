@@ -21,6 +21,7 @@ import (
 	"github.com/fleetprof/fleetprof/fleet/console"
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
+	"github.com/fleetprof/fleetprof/internal/config"
 	"github.com/fleetprof/fleetprof/internal/token"
 )
 
@@ -164,17 +165,25 @@ func (e *env) fixture() *fixture {
 func TestRoles(t *testing.T) {
 	e := newEnv(t)
 	f := e.fixture()
+	eff, err := config.Parse([]byte("sampling: {frequency_hz: 29}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	ag := &store.Agent{ID: "agent-1", ProjectID: f.projA, Hostname: "h1", Labels: map[string]string{"cluster": "east"}, Connected: true, Healthy: true,
-		CredentialID: "c1", CredentialHash: "0f0f0f0f"}
+		CredentialID: "c1", CredentialHash: "0f0f0f0f", EffectiveConfig: string(eff.JSON())}
 	if err := e.st.UpsertAgent(t.Context(), ag); err != nil {
 		t.Fatal(err)
 	}
 	pa := "/api/v1/projects/" + f.projA
-	// The recorded hash of an agent's credential is never shown.
+	// The recorded hash of an agent's credential is never shown, and the
+	// effective config the agent reported as JSON shows as YAML.
 	for _, path := range []string{pa + "/agents", pa + "/agents?limit=10", pa + "/agents/agent-1", "/api/v1/agents"} {
 		code, body := e.call(f.keys["admin"], "GET", path, nil)
 		if code != 200 || !strings.Contains(string(body), `"credentialId":"c1"`) || strings.Contains(string(body), "0f0f0f0f") || strings.Contains(string(body), "credentialHash") {
 			t.Errorf("GET %s: HTTP %d %s; want the agent without its credential hash", path, code, body)
+		}
+		if !strings.Contains(string(body), `sampling:\n  frequency_hz: 29\n  duration: 10s\n`) {
+			t.Errorf("GET %s: %s; want the effective config as YAML", path, body)
 		}
 	}
 	calls := []struct {

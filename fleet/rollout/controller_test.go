@@ -19,6 +19,7 @@ import (
 
 	"github.com/fleetprof/fleetprof/fleet/store"
 	"github.com/fleetprof/fleetprof/fleet/store/sqlite"
+	"github.com/fleetprof/fleetprof/internal/config"
 )
 
 func TestPlan(t *testing.T) {
@@ -878,5 +879,36 @@ func TestRestartSeedsAssignments(t *testing.T) {
 	}
 	if got := e.fl.pushes("s0"); len(got) != 1 {
 		t.Errorf("pushes to s0: %v; want none after the restart", got)
+	}
+}
+
+// TestMessageCarriesJSON: a push carries the config's canonical JSON,
+// typed as such, which reads back to the version's hash with the JSON
+// parser and with the YAML one (an agent that only knows YAML); the reset
+// is an empty body.
+func TestMessageCarriesJSON(t *testing.T) {
+	cfg, err := config.Parse([]byte("sampling: {frequency_hz: 49}\nexternal_labels: {a: \"\\u0080\"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := cfg.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := Message(&store.ConfigVersion{ID: "v1", Hash: cfg.HashString(), YAML: string(y)}).RemoteConfig
+	f := rc.GetConfig().GetConfigMap()[""]
+	if f.GetContentType() != config.ContentTypeJSON || len(f.GetBody()) == 0 || f.GetBody()[0] != '{' {
+		t.Fatalf("push body %q of type %q, want JSON", f.GetBody(), f.GetContentType())
+	}
+	if hex.EncodeToString(rc.GetConfigHash()) != cfg.HashString() {
+		t.Errorf("push hash %x, want %s", rc.GetConfigHash(), cfg.HashString())
+	}
+	for name, parse := range map[string]func([]byte) (*config.Config, error){"ParseJSON": config.ParseJSON, "Parse": config.Parse} {
+		if c, err := parse(f.GetBody()); err != nil || c.HashString() != cfg.HashString() {
+			t.Errorf("%s of the push body: %v, %v; want hash %s", name, c, err, cfg.HashString())
+		}
+	}
+	if reset := Message(nil).RemoteConfig; len(reset.GetConfig().GetConfigMap()[""].GetBody()) != 0 || hex.EncodeToString(reset.GetConfigHash()) != ResetHash {
+		t.Errorf("reset push %v, want an empty body with ResetHash", reset)
 	}
 }

@@ -1,11 +1,10 @@
 package relabel
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"strings"
 
+	"github.com/go-json-experiment/json"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -41,14 +40,13 @@ func (c *Config) UnmarshalYAML(node *yaml.Node) error {
 	return nil
 }
 
-// UnmarshalJSON decodes a rule starting from DefaultConfig, rejecting
-// unknown fields and lower-casing the action.
+// UnmarshalJSON decodes a rule starting from DefaultConfig, strictly
+// (unknown, duplicate or wrongly-cased names are errors), and lower-cases
+// the action.
 func (c *Config) UnmarshalJSON(b []byte) error {
 	type plain Config
 	d := DefaultConfig()
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode((*plain)(&d)); err != nil {
+	if err := json.Unmarshal(b, (*plain)(&d), json.RejectUnknownMembers(true)); err != nil {
 		return fmt.Errorf("decode relabel config: %w", err)
 	}
 	d.Action = Action(strings.ToLower(string(d.Action)))

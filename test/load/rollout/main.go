@@ -130,22 +130,23 @@ func run() error {
 				OnCredential: func(string) {
 					once.Do(func() { enrolled.Add(1); <-sem })
 				},
+				// As the agent: parse by content type, report the
+				// canonical JSON (agent/remoteconfig.go).
 				OnRemoteConfig: func(_ context.Context, rc *protobufs.AgentRemoteConfig) ([]byte, error) {
-					cfg, err := config.Parse(rc.GetConfig().GetConfigMap()[""].GetBody())
+					f := rc.GetConfig().GetConfigMap()[""]
+					cfg, err := config.ParseAs(f.GetContentType(), f.GetBody())
 					if err != nil {
 						return nil, err
 					}
-					b, err := cfg.Marshal()
-					if err != nil {
-						return nil, err
-					}
+					b := cfg.JSON()
 					ag.mu.Lock()
 					ag.cfg = b
 					ag.mu.Unlock()
 					tr.applied1(rc.ConfigHash)
 					return b, nil
 				},
-				EffectiveConfig: func() []byte { ag.mu.Lock(); defer ag.mu.Unlock(); return ag.cfg },
+				EffectiveConfig:     func() []byte { ag.mu.Lock(); defer ag.mu.Unlock(); return ag.cfg },
+				EffectiveConfigType: config.ContentTypeJSON,
 			},
 		})
 		if err != nil {
@@ -252,7 +253,7 @@ func run() error {
 		return s[int(q*float64(len(s)-1))].Round(100 * time.Microsecond)
 	}
 	fmt.Printf("## Config rollout to %d agents\n\n", *n)
-	fmt.Printf("Method: `test/load/rollout` starts a fleet (`fleetprof serve`, SQLite) on loopback and %d simulated agents in one process, each running the agent's real `agent/control` (opamp-go WebSocket client) and applying pushed configs with `internal/config` (parse, validate, canonical YAML back as effective config). Times start before the `POST …/rollouts` call (what `fleetprof config apply` sends). *Agent side*: until every selected agent ran its apply callback (same process clock). *Fleet side*: until `GET /api/v1/rollouts/{id}` says `completed`, polled every 20 ms — the fleet has then seen APPLIED from every agent and recorded it.\n\n", *n)
+	fmt.Printf("Method: `test/load/rollout` starts a fleet (`fleetprof serve`, SQLite) on loopback and %d simulated agents in one process, each running the agent's real `agent/control` (opamp-go WebSocket client) and applying pushed configs with `internal/config` as the agent does (parse by content type, validate, canonical JSON back as effective config). Times start before the `POST …/rollouts` call (what `fleetprof config apply` sends). *Agent side*: until every selected agent ran its apply callback (same process clock). *Fleet side*: until `GET /api/v1/rollouts/{id}` says `completed`, polled every 20 ms — the fleet has then seen APPLIED from every agent and recorded it.\n\n", *n)
 	fmt.Println("| measurement | agent side | fleet side (rollout completed) |")
 	fmt.Println("|---|---|---|")
 	fmt.Printf("| 1 agent, push → applied, p50 / p99 over %d pushes | %s / %s | %s / %s |\n", *samples, pct(one, 0.5), pct(one, 0.99), pct(oneFleet, 0.5), pct(oneFleet, 0.99))

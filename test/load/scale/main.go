@@ -97,14 +97,19 @@ func worker(args []string) error {
 			Description: describe.Agent{Version: "scale", Hostname: fmt.Sprintf("host-%d", i), Platform: "systemd", OS: "linux"},
 			Callbacks: control.Callbacks{
 				OnCredential: func(string) { once.Do(func() { <-sem }) },
+				// As the agent: parse by content type (the fleet sends
+				// JSON, the baseline the operator's YAML), report the
+				// canonical JSON (agent/remoteconfig.go).
 				OnRemoteConfig: func(_ context.Context, rc *protobufs.AgentRemoteConfig) ([]byte, error) {
-					cfg, err := config.Parse(rc.GetConfig().GetConfigMap()[""].GetBody())
+					f := rc.GetConfig().GetConfigMap()[""]
+					cfg, err := config.ParseAs(f.GetContentType(), f.GetBody())
 					if err != nil {
 						return nil, err
 					}
-					return cfg.Marshal()
+					return cfg.JSON(), nil
 				},
-				EffectiveConfig: func() []byte { return nil },
+				EffectiveConfig:     func() []byte { return nil },
+				EffectiveConfigType: config.ContentTypeJSON,
 			},
 		})
 		if err != nil {
