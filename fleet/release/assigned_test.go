@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -327,5 +329,38 @@ func TestAssignedReplaceKeepsWritesDuringListing(t *testing.T) {
 	changed, dropped = c.replace(map[string]unique.Handle[string]{"a": unique.Make("v3")})
 	if len(changed) != 0 || !cmp.Equal(dropped, []string{"c"}) {
 		t.Errorf("second listing: changed %v, dropped %v; want none changed, c dropped", changed, dropped)
+	}
+}
+
+// TestChecksRunInIDOrder: queued checks run, and their offers go out, in
+// the order of the agents' ids (they went in a map's order), so with
+// time-ordered ids the store reads and writes that follow go in the
+// order of its rows.
+func TestChecksRunInIDOrder(t *testing.T) {
+	f := newFixture(t, Options{})
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("agent-%03d", i))
+	}
+	shuffled := slices.Clone(ids)
+	rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	for _, id := range shuffled {
+		f.agent(t, id, "v1")
+		f.assignElsewhere(t, id, "v2")
+	}
+	// Queued before Run, so that one batch holds them all.
+	f.m.enqueue(shuffled...)
+	f.run(t)
+	var got []string
+	for range ids {
+		select {
+		case o := <-f.p.ch:
+			got = append(got, o[0])
+		case <-time.After(10 * time.Second):
+			t.Fatalf("offers so far %v, want one to each of %d agents", got, len(ids))
+		}
+	}
+	if !slices.Equal(got, ids) {
+		t.Errorf("offers went out in the order\n%v\nwant the ids' order", got)
 	}
 }

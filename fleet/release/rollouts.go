@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -331,8 +332,22 @@ type queued struct {
 	full  bool
 }
 
-// enqueue queues an agent for a full check.
-func (m *Manager) enqueue(id string) { m.enqueueAgent(id, nil, true) }
+// enqueue queues agents for a full check, under one lock and with one
+// wake-up however many they are (a stage start queues every agent of the
+// stage).
+func (m *Manager) enqueue(ids ...string) {
+	m.qmu.Lock()
+	for _, id := range ids {
+		q := m.queue[id]
+		q.full = true
+		m.queue[id] = q
+	}
+	m.qmu.Unlock()
+	select {
+	case m.signal <- struct{}{}:
+	default:
+	}
+}
 
 // enqueueAgent queues an agent for a release check; a (when not nil) is
 // its record as just written, which spares the check a store read.
@@ -376,9 +391,7 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 			return nil
 		}
 		m.log.Warn("list release assignments", zap.Error(err))
-		for _, id := range p.Connected() {
-			m.enqueue(id) // the memory is empty: every check reads
-		}
+		m.enqueue(p.Connected()...) // the memory is empty: every check reads
 	} else {
 		m.log.Debug("release assignments loaded", zap.Int("agents", m.asg.size()))
 	}
@@ -398,10 +411,15 @@ func (m *Manager) Run(ctx context.Context, p Pusher) error {
 			batch := m.queue
 			m.queue = map[string]queued{}
 			m.qmu.Unlock()
-			for id, q := range batch {
+			// In the order of the agents' ids (they were in a map's):
+			// with time-ordered ids that is the order the store keeps
+			// their rows in, for the checks' reads and the reports'
+			// writes that follow the offers.
+			for _, id := range slices.Sorted(maps.Keys(batch)) {
 				if ctx.Err() != nil {
 					return
 				}
+				q := batch[id]
 				m.reconcile(ctx, id, q.agent, q.full)
 			}
 		}
@@ -494,11 +512,13 @@ func (m *Manager) sync(ctx context.Context) error {
 	for _, id := range p.Connected() {
 		local[id] = true
 	}
+	var queue []string
 	for _, id := range changed {
 		if local[id] {
-			m.enqueue(id)
+			queue = append(queue, id)
 		}
 	}
+	m.enqueue(queue...)
 	return nil
 }
 
@@ -648,14 +668,16 @@ func (m *Manager) startStage(ctx context.Context, r *store.ReleaseRollout, ras [
 // assignedNow records the assignments that ch (just written) set or
 // removed and queues those agents for a full check.
 func (m *Manager) assignedNow(ch *store.ReleaseRolloutChange) {
+	ids := make([]string, 0, len(ch.Assign)+len(ch.Unassign))
 	for _, a := range ch.Assign {
 		m.asg.set(a.AgentID, a.Version)
-		m.enqueue(a.AgentID)
+		ids = append(ids, a.AgentID)
 	}
 	for _, id := range ch.Unassign {
 		m.asg.drop(id)
-		m.enqueue(id)
+		ids = append(ids, id)
 	}
+	m.enqueue(ids...)
 }
 
 // evaluate records the current stage's results; true when the stage is
