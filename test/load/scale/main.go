@@ -62,6 +62,9 @@ func main() {
 	}
 }
 
+// defaultEffective is an agent's effective config before any push.
+var defaultEffective = config.Default().JSON()
+
 // worker runs a share of the agents from one source address until killed.
 func worker(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ExitOnError)
@@ -92,23 +95,29 @@ func worker(args []string) error {
 			sem <- struct{}{}
 		}
 		var once sync.Once
+		// The config in effect, reported as the agent reports it: the
+		// defaults' JSON until a push, then the pushed config's.
+		var effective atomic.Pointer[[]byte]
+		effective.Store(&defaultEffective)
 		c, err := control.New(control.Options{
 			FleetURL: *url, BootstrapToken: *boot, StateDir: filepath.Join(*dir, strconv.Itoa(i)), HeartbeatInterval: *hb,
 			Description: describe.Agent{Version: "scale", Hostname: fmt.Sprintf("host-%d", i), Platform: "systemd", OS: "linux"},
 			Callbacks: control.Callbacks{
 				OnCredential: func(string) { once.Do(func() { <-sem }) },
 				// As the agent: parse by content type (the fleet sends
-				// JSON, the baseline the operator's YAML), report the
-				// canonical JSON (agent/remoteconfig.go).
+				// JSON, the baseline the operator's YAML), keep and
+				// report the canonical JSON (agent/remoteconfig.go).
 				OnRemoteConfig: func(_ context.Context, rc *protobufs.AgentRemoteConfig) ([]byte, error) {
 					f := rc.GetConfig().GetConfigMap()[""]
 					cfg, err := config.ParseAs(f.GetContentType(), f.GetBody())
 					if err != nil {
 						return nil, err
 					}
-					return cfg.JSON(), nil
+					b := cfg.JSON()
+					effective.Store(&b)
+					return b, nil
 				},
-				EffectiveConfig:     func() []byte { return nil },
+				EffectiveConfig:     func() []byte { return *effective.Load() },
 				EffectiveConfigType: config.ContentTypeJSON,
 			},
 		})
@@ -865,7 +874,7 @@ func run() error {
 	}
 	workers := (*n + *per - 1) / *per
 	fmt.Printf("## One fleet replica at scale (%d simulated agents)\n\n", *n)
-	fmt.Printf("Method: `test/load/scale` runs the same load three times on loopback: against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`), then against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline again; the baseline column is the mean of its two runs (each below the table), so that the VM's drift in speed during the run weighs on both sides alike. The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints)%s. CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle, stormsMethod())
+	fmt.Printf("Method: `test/load/scale` runs the same load three times on loopback: against the baseline, a bare opamp-go server (no auth, no store: it accepts every agent and answers every message; `test/load/scale/bare.go`), then against a fleet (`fleetprof serve`, SQLite store, auth in the path), then against the baseline again; the baseline column is the mean of its two runs (each below the table), so that the VM's drift in speed during the run weighs on both sides alike. The load is %d simulated agents, each the agent's real `agent/control` (opamp-go WebSocket client, heartbeat %s) applying a pushed config as the agent does (parsed by its content type, its canonical JSON kept and reported as the effective config, as it reports the defaults' before), spread over %d load processes that dial from 127.0.0.2, 127.0.0.3, … On the fleet every agent enrolls with a bootstrap JWT and reconnects with its own credential; on the baseline it just connects. After %s idle: the server's CPU over the second half, then its RSS (the fleet after a forced GC). Config to all: a ~1 KiB config — on the fleet a rollout in one wave, timed until the completion the fleet stored (the rollout is `completed` once the fleet stored APPLIED from every agent; polled every 0.5 s, timed by its stored completion time; a second row times it until every agent's APPLIED was stored in its record, by the fleet's counter of stored statuses polled every 0.1 s); on the baseline sent to every connection, timed until every agent reported APPLIED. Then the server is SIGKILLed and restarted: time until every agent's first message on its new WebSocket arrived (the fleet's `fleetprof_opamp_connected_agents`; the count the baseline prints)%s. CPU: user + system time of the server, and of the load processes together, from /proc over the push and over the storm.\n\n", *n, *hb, workers, *idle, stormsMethod())
 	fmt.Println("| metric | this fleet | baseline: bare opamp-go server, same run | ratio fleet / baseline |")
 	fmt.Println("|---|---|---|---|")
 	col := func(f func(*result) string) string {
