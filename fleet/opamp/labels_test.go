@@ -1,8 +1,10 @@
 package opamp
 
 import (
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -54,5 +56,26 @@ func TestApplyDescriptionKeepsTokenLabels(t *testing.T) {
 		if a.Labels["team"] != "perf" || a.Description["fleetprof.token_label.team"] != "perf" || a.Description["host.name"] != "h1" {
 			t.Fatalf("description %d: labels %v, description %v; want the token's team, its note kept", i+1, a.Labels, a.Description)
 		}
+	}
+}
+
+// Reports of the same effective config leave the agents' records sharing
+// one copy of it; a report of the config already recorded keeps it.
+func TestEffectiveConfigShared(t *testing.T) {
+	eff := func() *protobufs.AgentToServer {
+		body := []byte(`{"sampling":{"frequency_hz":49,"duration":"10s"},"external_labels":{"pad":"` + strings.Repeat("x", 900) + `"}}`)
+		return &protobufs.AgentToServer{EffectiveConfig: &protobufs.EffectiveConfig{ConfigMap: &protobufs.AgentConfigMap{
+			ConfigMap: map[string]*protobufs.AgentConfigFile{"": {Body: body, ContentType: "application/json"}}}}}
+	}
+	a, b := &store.Agent{ID: "a"}, &store.Agent{ID: "b"}
+	applyDescription(a, eff(), time.Unix(1, 0))
+	applyDescription(b, eff(), time.Unix(1, 0))
+	if !strings.HasPrefix(a.EffectiveConfig, `{"sampling"`) || unsafe.StringData(a.EffectiveConfig) != unsafe.StringData(b.EffectiveConfig) {
+		t.Fatalf("two agents of one effective config hold two copies")
+	}
+	before := unsafe.StringData(a.EffectiveConfig)
+	applyDescription(a, eff(), time.Unix(2, 0))
+	if unsafe.StringData(a.EffectiveConfig) != before {
+		t.Error("the same effective config again replaced the recorded one")
 	}
 }

@@ -905,8 +905,8 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 		a.ConfigError = st.ErrorMessage
 	}
 	if ec := msg.EffectiveConfig; ec != nil && ec.ConfigMap != nil {
-		if f := ec.ConfigMap.ConfigMap[""]; f != nil {
-			a.EffectiveConfig = string(f.Body)
+		if f := ec.ConfigMap.ConfigMap[""]; f != nil && string(f.Body) != a.EffectiveConfig {
+			a.EffectiveConfig = store.Intern(string(f.Body))
 		}
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"unique"
 
 	json "github.com/goccy/go-json"
 )
@@ -30,7 +31,20 @@ func DecodeAgent(doc string, ver int64) (*Agent, error) {
 		return nil, fmt.Errorf("decode agent: %w", err)
 	}
 	a.RowVersion = ver
+	a.EffectiveConfig = Intern(a.EffectiveConfig)
 	return a, nil
+}
+
+// Intern returns s from a process-wide set of strings, so that the
+// records of agents that run the same config (most of a fleet) share one
+// copy of their effective config instead of holding one each: 19,000
+// agents of a 1 KiB config held 19 MiB in the records the fleet keeps
+// per connection.
+func Intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }
 
 // briefDoc is the part of an agent's document a Brief listing fills

@@ -3,8 +3,10 @@ package store
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -114,5 +116,29 @@ func TestDecodeBrief(t *testing.T) {
 	}
 	if _, err := DecodeBrief(`{"labels": []}`, 0); err == nil {
 		t.Error("a list for the labels decoded")
+	}
+}
+
+// Records of agents that run the same config share one copy of their
+// effective config: a fleet keeps a record per connected agent.
+func TestDecodedRecordsShareTheirEffectiveConfig(t *testing.T) {
+	eff := `{"sampling":{"frequency_hz":49,"duration":"10s"},"external_labels":{"pad":"` + strings.Repeat("x", 900) + `"}}`
+	var recs []*Agent
+	for _, id := range []string{"a1", "a2"} {
+		doc, err := EncodeAgent(&Agent{ID: id, EffectiveConfig: eff})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := DecodeAgent(string(doc), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, a)
+	}
+	if recs[0].EffectiveConfig != eff || unsafe.StringData(recs[0].EffectiveConfig) != unsafe.StringData(recs[1].EffectiveConfig) {
+		t.Errorf("two records of the same effective config hold two copies")
+	}
+	if Intern("") != "" || Intern("x") != "x" {
+		t.Error("Intern changed a string")
 	}
 }
