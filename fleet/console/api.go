@@ -686,7 +686,7 @@ func (a *API) listAgents(r *http.Request) (any, error) {
 	if agents == nil {
 		agents = []*store.Agent{}
 	}
-	shown(agents...)
+	a.shown(r.Context(), agents...)
 	q := r.URL.Query()
 	if !q.Has("limit") && !q.Has("offset") {
 		return agents, nil
@@ -727,31 +727,46 @@ type AgentRow struct {
 
 // shown prepares agent records read for an answer: it blanks what the
 // console never shows (the recorded hash of the agent's credential) and
-// shows an effective config reported as JSON (config.JSON, what agents
-// report) as the canonical YAML operators write, rendering each distinct
-// one once.
-func shown(ags ...*store.Agent) {
-	var yamlOf map[string]string
+// shows the effective config as the canonical YAML operators write,
+// whether the record holds it by reference to a config version (its
+// YAML) or as the JSON agents report (rendered), each distinct one once
+// per answer.
+func (a *API) shown(ctx context.Context, ags ...*store.Agent) {
+	yamlOf := map[string]string{}
 	for _, ag := range ags {
 		ag.CredentialHash = ""
-		if !strings.HasPrefix(ag.EffectiveConfig, "{") {
-			continue
+		key := ag.EffectiveConfig
+		if ag.EffectiveConfigHash != "" {
+			key = "version\x00" + ag.ProjectID + "\x00" + ag.EffectiveConfigHash
+		} else if !strings.HasPrefix(key, "{") {
+			continue // YAML (older agents) or none: shown as reported
 		}
-		if yamlOf == nil {
-			yamlOf = map[string]string{}
-		}
-		y, ok := yamlOf[ag.EffectiveConfig]
+		y, ok := yamlOf[key]
 		if !ok {
-			y = ag.EffectiveConfig // not a config: shown as reported
-			if c, err := config.ParseJSON([]byte(y)); err == nil {
-				if b, err := c.Marshal(); err == nil {
-					y = string(b)
-				}
-			}
-			yamlOf[ag.EffectiveConfig] = y
+			y = a.effectiveYAML(ctx, ag)
+			yamlOf[key] = y
 		}
 		ag.EffectiveConfig = y
 	}
+}
+
+// effectiveYAML is an agent's effective config as canonical YAML: its
+// config version's, or its JSON rendered; the JSON as reported when it
+// is no config.
+func (a *API) effectiveYAML(ctx context.Context, ag *store.Agent) string {
+	if ag.EffectiveConfigHash != "" {
+		cv, err := a.o.Store.ConfigVersionByHash(ctx, ag.ProjectID, ag.EffectiveConfigHash)
+		if err != nil {
+			return "" // the version is gone or the store is down: the hash still says which
+		}
+		return cv.YAML
+	}
+	if c, err := config.ParseJSON([]byte(ag.EffectiveConfig)); err == nil {
+		if b, err := c.Marshal(); err == nil {
+			return string(b)
+		}
+	}
+	return ag.EffectiveConfig
 }
 
 // sortAgents orders by a field (id, hostname, platform, version, state,
@@ -821,7 +836,7 @@ func (a *API) getAgent(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	shown(ag)
+	a.shown(r.Context(), ag)
 	return ag, nil
 }
 

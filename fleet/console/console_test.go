@@ -186,6 +186,28 @@ func TestRoles(t *testing.T) {
 			t.Errorf("GET %s: %s; want the effective config as YAML", path, body)
 		}
 	}
+	// An effective config recorded by reference to a config version
+	// shows as that version's YAML.
+	ref, err := config.Parse([]byte("sampling: {frequency_hz: 31}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refYAML, err := ref.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.CreateConfigVersion(t.Context(), &store.ConfigVersion{ID: "cv31", ProjectID: f.projA, Hash: ref.HashString(), YAML: string(refYAML), CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.UpsertAgent(t.Context(), &store.Agent{ID: "agent-2", ProjectID: f.projA, Labels: map[string]string{}, EffectiveConfigHash: ref.HashString()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{pa + "/agents/agent-2", pa + "/agents"} {
+		code, body := e.call(f.keys["admin"], "GET", path, nil)
+		if code != 200 || !strings.Contains(string(body), `sampling:\n  frequency_hz: 31\n  duration: 10s\n`) {
+			t.Errorf("GET %s: HTTP %d %s; want the referenced version's YAML", path, code, body)
+		}
+	}
 	calls := []struct {
 		name         string
 		method, path string

@@ -91,7 +91,7 @@ func (a *API) setLabels(r *http.Request) (any, error) {
 			continue
 		}
 		res.Updated++
-		shown(ag)
+		a.shown(r.Context(), ag)
 		res.Agents = append(res.Agents, ag)
 	}
 	err = errors.Join(errs...)

@@ -27,7 +27,7 @@ func TestApplyDescriptionCustomLabels(t *testing.T) {
 		InstanceID: "a1", Version: "v1", Hostname: "h1", Platform: describe.PlatformSystemd,
 		Labels: map[string]string{"rack": "r1", "env": "prod"},
 	})}
-	applyDescription(a, msg, time.Unix(1, 0))
+	applyDescription(a, msg, time.Unix(1, 0), nil)
 	want := map[string]string{
 		"platform": "systemd", "version": "v1", "hostname": "h1", // well-known win
 		"team": "web", "rack": "r7", "tier": "gold", // custom win over token and agent labels
@@ -52,7 +52,7 @@ func TestApplyDescriptionKeepsTokenLabels(t *testing.T) {
 		InstanceID: "a1", Hostname: "h1", Platform: describe.PlatformSystemd, Labels: map[string]string{"team": "mine"},
 	})}
 	for i := range 2 {
-		applyDescription(a, msg, time.Unix(int64(i), 0))
+		applyDescription(a, msg, time.Unix(int64(i), 0), nil)
 		if a.Labels["team"] != "perf" || a.Description["fleetprof.token_label.team"] != "perf" || a.Description["host.name"] != "h1" {
 			t.Fatalf("description %d: labels %v, description %v; want the token's team, its note kept", i+1, a.Labels, a.Description)
 		}
@@ -68,13 +68,13 @@ func TestEffectiveConfigShared(t *testing.T) {
 			ConfigMap: map[string]*protobufs.AgentConfigFile{"": {Body: body, ContentType: "application/json"}}}}}
 	}
 	a, b := &store.Agent{ID: "a"}, &store.Agent{ID: "b"}
-	applyDescription(a, eff(), time.Unix(1, 0))
-	applyDescription(b, eff(), time.Unix(1, 0))
+	applyDescription(a, eff(), time.Unix(1, 0), nil)
+	applyDescription(b, eff(), time.Unix(1, 0), nil)
 	if !strings.HasPrefix(a.EffectiveConfig, `{"sampling"`) || unsafe.StringData(a.EffectiveConfig) != unsafe.StringData(b.EffectiveConfig) {
 		t.Fatalf("two agents of one effective config hold two copies")
 	}
 	before := unsafe.StringData(a.EffectiveConfig)
-	applyDescription(a, eff(), time.Unix(2, 0))
+	applyDescription(a, eff(), time.Unix(2, 0), nil)
 	if unsafe.StringData(a.EffectiveConfig) != before {
 		t.Error("the same effective config again replaced the recorded one")
 	}

@@ -1,6 +1,8 @@
 package opamp
 
 import (
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -120,4 +122,66 @@ func TestStatusReportsShareOneRead(t *testing.T) {
 		return ag.RotationStatus == "failed" && ag.RotationError == "candidate refused"
 	})
 
+}
+
+// An effective config that is exactly the pushed body of the config the
+// agent reports is recorded by reference to that version, not in full;
+// one that is not (another config, YAML) is recorded in full; a report
+// of the same reference again writes nothing.
+func TestEffectiveConfigByReference(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	body := []byte(`{"sampling":{"frequency_hz":49,"duration":"10s"},"targets":{"systemd":{},"kubernetes":{},"processes":{}},"upload":{"address":"","protocol":"parca","insecure":false}}`)
+	hash := []byte("0123456789abcdef0123456789abcdef")
+	hashHex := fmt.Sprintf("%x", hash)
+	var lookups atomic.Int64
+	f := newFixture(t, Options{Registerer: reg, ConfigJSON: func(projectID, h string) []byte {
+		lookups.Add(1)
+		if projectID == "p1" && h == hashHex {
+			return body
+		}
+		return nil
+	}})
+	cred := enrolled(t, f, "byref")
+	a := dialWS(t, f, cred)
+	sendMsg(t, a, enrollMsg("byref"))
+	readMsg(t, a)
+	report := func(seq uint64, eff string) *protobufs.AgentToServer {
+		return &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: seq,
+			RemoteConfigStatus: &protobufs.RemoteConfigStatus{LastRemoteConfigHash: hash, Status: protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED},
+			EffectiveConfig: &protobufs.EffectiveConfig{ConfigMap: &protobufs.AgentConfigMap{ConfigMap: map[string]*protobufs.AgentConfigFile{
+				"": {Body: []byte(eff), ContentType: "application/json"}}}}}
+	}
+	record := func(what string, ok func(*store.Agent) bool) *store.Agent {
+		t.Helper()
+		var ag *store.Agent
+		waitFor(t, what, func() bool {
+			var err error
+			ag, err = f.st.AgentByID(t.Context(), uidHex)
+			return err == nil && ok(ag)
+		})
+		return ag
+	}
+	sendMsg(t, a, report(1, string(body)))
+	ag := record("effective config by reference", func(ag *store.Agent) bool { return ag.EffectiveConfigHash != "" })
+	if ag.EffectiveConfigHash != hashHex || ag.EffectiveConfig != "" || ag.ConfigStatus != "APPLIED" {
+		t.Fatalf("record %q / %q / %s; want the reference %s and no body", ag.EffectiveConfigHash, ag.EffectiveConfig, ag.ConfigStatus, hashHex)
+	}
+	// The same again: nothing to write.
+	v := ag.RowVersion
+	sendMsg(t, a, report(2, string(body)))
+	sendMsg(t, a, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 3, Health: &protobufs.ComponentHealth{Healthy: true, Status: "after"}})
+	ag = record("the health report after it", func(ag *store.Agent) bool { return ag.Health == "after" })
+	if ag.RowVersion != v+1 {
+		t.Errorf("row version %d after the same effective config and a health report, was %d: want one write", ag.RowVersion, v)
+	}
+	// Another body under the same hash (an agent that reports YAML):
+	// recorded in full, and the reference dropped.
+	sendMsg(t, a, report(4, "sampling:\n  frequency_hz: 49\n"))
+	ag = record("effective config in full", func(ag *store.Agent) bool { return ag.EffectiveConfig != "" })
+	if ag.EffectiveConfigHash != "" || ag.EffectiveConfig != "sampling:\n  frequency_hz: 49\n" {
+		t.Errorf("record %q / %q; want the body in full and no reference", ag.EffectiveConfigHash, ag.EffectiveConfig)
+	}
+	if lookups.Load() == 0 {
+		t.Error("ConfigJSON never asked")
+	}
 }

@@ -103,6 +103,12 @@ type Options struct {
 	// written. False (several replicas on PostgreSQL): such a report
 	// reads the record first.
 	SoleWriter bool
+	// ConfigJSON returns the canonical JSON (config.JSON, what a push
+	// carries) of a project's config version by hash, nil for none. An
+	// effective config that is exactly the JSON of the config the agent
+	// reports is recorded by reference (store.Agent.EffectiveConfigHash).
+	// Nil: effective configs are recorded in full.
+	ConfigJSON func(projectID, hash string) []byte
 	Callbacks  Callbacks
 	Now        func() time.Time
 }
@@ -862,7 +868,12 @@ type refusal string
 
 func (r refusal) Error() string { return string(r) }
 
-func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Time) {
+// applyDescription applies what a report says to the agent's record. An
+// effective config that is exactly the canonical JSON of the config the
+// agent reports (configJSON, when not nil) is recorded by reference to it
+// (EffectiveConfigHash) instead of in full: most of a fleet runs its
+// assigned config, and in full it was half of every record's bytes.
+func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Time, configJSON func(projectID, hash string) []byte) {
 	a.LastSeen = now
 	if msg.AgentDescription != nil {
 		d := describe.Decode(msg.AgentDescription)
@@ -905,8 +916,13 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 		a.ConfigError = st.ErrorMessage
 	}
 	if ec := msg.EffectiveConfig; ec != nil && ec.ConfigMap != nil {
-		if f := ec.ConfigMap.ConfigMap[""]; f != nil && string(f.Body) != a.EffectiveConfig {
-			a.EffectiveConfig = store.Intern(string(f.Body))
+		if f := ec.ConfigMap.ConfigMap[""]; f != nil {
+			switch {
+			case len(f.Body) > 0 && a.ConfigHash != "" && configJSON != nil && bytes.Equal(f.Body, configJSON(a.ProjectID, a.ConfigHash)):
+				a.EffectiveConfig, a.EffectiveConfigHash = "", a.ConfigHash
+			case string(f.Body) != a.EffectiveConfig || a.EffectiveConfigHash != "":
+				a.EffectiveConfig, a.EffectiveConfigHash = store.Intern(string(f.Body)), ""
+			}
 		}
 	}
 }
@@ -935,7 +951,7 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	now := s.o.Now().UTC()
 	if c.offered.Load() {
 		a, err := s.updateAgent(ctx, c.agentID, func(a *store.Agent) error {
-			applyDescription(a, msg, now)
+			applyDescription(a, msg, now, s.o.ConfigJSON)
 			a.Connected = c.ws
 			return nil
 		})
@@ -966,7 +982,7 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		for k, v := range c.claims.Labels {
 			a.Labels[k] = v
 		}
-		applyDescription(a, msg, now)
+		applyDescription(a, msg, now, s.o.ConfigJSON)
 		a.Connected = c.ws
 		if a.Description == nil {
 			a.Description = map[string]string{}
@@ -987,7 +1003,7 @@ func (c *conn) enroll(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 	// of this agent are revoked; its current credential stays valid until
 	// the new one is proven.
 	return s.offerCredential(ctx, c.agentID, "enroll", func(a *store.Agent) {
-		applyDescription(a, msg, now)
+		applyDescription(a, msg, now, s.o.ConfigJSON)
 		if c.ws {
 			a.Connected = true
 		}
@@ -1011,7 +1027,7 @@ func (c *conn) update(ctx context.Context, msg *protobufs.AgentToServer) (*proto
 		// fn may run again on a fresh read: decide from this one only.
 		revokeOld, needOffer = "", false
 		before := *a
-		applyDescription(a, msg, now)
+		applyDescription(a, msg, now, s.o.ConfigJSON)
 		newStatus = a.ConfigStatus != "" && (a.ConfigStatus != before.ConfigStatus || a.ConfigHash != before.ConfigHash)
 		if c.ws {
 			a.Connected = true
@@ -1162,7 +1178,7 @@ func changed(b, a *store.Agent, lastWrite, now time.Time) bool {
 	}
 	if b.Connected != a.Connected || b.Healthy != a.Healthy || b.Health != a.Health || b.Version != a.Version ||
 		b.Platform != a.Platform || b.Hostname != a.Hostname || b.ConfigHash != a.ConfigHash || b.ConfigStatus != a.ConfigStatus ||
-		b.ConfigError != a.ConfigError || b.EffectiveConfig != a.EffectiveConfig || b.CredentialID != a.CredentialID || b.CredentialHash != a.CredentialHash ||
+		b.ConfigError != a.ConfigError || b.EffectiveConfig != a.EffectiveConfig || b.EffectiveConfigHash != a.EffectiveConfigHash || b.CredentialID != a.CredentialID || b.CredentialHash != a.CredentialHash ||
 		b.PendingCredentialID != a.PendingCredentialID || b.RotationStatus != a.RotationStatus || b.RotationError != a.RotationError {
 		return true
 	}

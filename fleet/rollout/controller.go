@@ -95,6 +95,10 @@ type Controller struct {
 	// changed once built; protobuf messages may be marshalled
 	// concurrently.
 	pushes map[string]*protobufs.AgentRemoteConfig
+	// bodies holds the pushed body (config.JSON) of versions by project
+	// and hash, nil for a hash that is no version of the project
+	// (ConfigJSON).
+	bodies map[[2]string][]byte
 
 	qmu sync.Mutex
 	// results holds the results this replica's agents reported for the
@@ -142,7 +146,7 @@ func New(o Options) (*Controller, error) {
 	return &Controller{
 		o: o, st: o.Store, log: o.Logger, started: o.Now(),
 		configs: map[string]*store.ConfigVersion{}, sels: map[string]selector.Selector{}, stages: map[string]*stageState{},
-		pushes:  map[string]*protobufs.AgentRemoteConfig{},
+		pushes: map[string]*protobufs.AgentRemoteConfig{}, bodies: map[[2]string][]byte{},
 		results: map[string]report{}, watch: map[string]time.Time{},
 		queue: map[string]queued{}, pushed: map[string]pushRec{},
 		signal: make(chan struct{}, 1), kick: make(chan struct{}, 1), running: make(chan struct{}),
@@ -504,6 +508,43 @@ func (c *Controller) message(cv *store.ConfigVersion) *protobufs.ServerToAgent {
 		c.pushes[id] = rc
 	}
 	return &protobufs.ServerToAgent{RemoteConfig: rc}
+}
+
+// ConfigJSON returns the body a push of the project's config version of
+// this hash carries (its canonical JSON), nil when the project has no
+// such version or the store cannot say now. opamp.Options.ConfigJSON:
+// an agent's effective config that is exactly this body is recorded by
+// reference to the version. Versions are immutable, so answers are kept
+// (a store read per version, not per agent).
+func (c *Controller) ConfigJSON(projectID, hash string) []byte {
+	k := [2]string{projectID, hash}
+	c.cmu.Lock()
+	body, ok := c.bodies[k]
+	c.cmu.Unlock()
+	if ok {
+		return body
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cv, err := c.st.ConfigVersionByHash(ctx, projectID, hash)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// Kept as none: a reset, or a config from elsewhere.
+	case err != nil:
+		return nil // not kept: the next report asks again
+	default:
+		f := Message(cv).GetRemoteConfig().GetConfig().GetConfigMap()[""]
+		if f.GetContentType() == config.ContentTypeJSON {
+			body = f.GetBody()
+		}
+	}
+	c.cmu.Lock()
+	if len(c.bodies) > 10000 {
+		clear(c.bodies)
+	}
+	c.bodies[k] = body
+	c.cmu.Unlock()
+	return body
 }
 
 // reconcile pushes an agent its assigned config when it runs another one.

@@ -912,3 +912,34 @@ func TestMessageCarriesJSON(t *testing.T) {
 		t.Errorf("reset push %v, want an empty body with ResetHash", reset)
 	}
 }
+
+// ConfigJSON answers the body a push of the project's version carries,
+// nil for a hash that is no version of the project, with one store read
+// per version however often it is asked.
+func TestConfigJSON(t *testing.T) {
+	e := newEnv(t)
+	e.agent("a1", systemd(1))
+	r := e.apply("sampling: {frequency_hz: 49}\n", "", 0, 0, 0, 0)
+	cv, err := e.st.ConfigVersionByHash(t.Context(), e.proj, r.ConfigHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Message(cv).GetRemoteConfig().GetConfig().GetConfigMap()[""].GetBody()
+	for range 3 {
+		if got := e.c.ConfigJSON(e.proj, r.ConfigHash); string(got) != string(want) || len(got) == 0 {
+			t.Fatalf("ConfigJSON = %s, want the push body %s", got, want)
+		}
+	}
+	if got := e.c.ConfigJSON("another-project", r.ConfigHash); got != nil {
+		t.Errorf("ConfigJSON of another project = %s, want nil", got)
+	}
+	if got := e.c.ConfigJSON(e.proj, ResetHash); got != nil {
+		t.Errorf("ConfigJSON of the reset = %s, want nil", got)
+	}
+	e.c.cmu.Lock()
+	n := len(e.c.bodies)
+	e.c.cmu.Unlock()
+	if n != 3 {
+		t.Errorf("%d answers kept, want 3 (one per project and hash asked)", n)
+	}
+}

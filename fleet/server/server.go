@@ -136,7 +136,7 @@ func Run(ctx context.Context, o Options) error {
 	op, err := opamp.New(opamp.Options{
 		Store: st, Auth: au, Logger: log.Named("opamp"), Registerer: reg,
 		CredentialTTL: o.CredentialTTL, MaxConnections: o.MaxConnections, RotationRate: o.RotationRate,
-		FailRotation: failRotationHook(), SoleWriter: rep.lease == nil,
+		FailRotation: failRotationHook(), SoleWriter: rep.lease == nil, ConfigJSON: ro.ConfigJSON,
 		Callbacks: opamp.Callbacks{
 			OnAgentStatus:     func(a *store.Agent) { ro.OnAgentStatus(a); rel.OnAgentStatus(a); rep.changed(a.ProjectID) },
 			OnPackageStatuses: rel.OnPackageStatuses,

@@ -19,7 +19,7 @@ func fullAgent() *Agent {
 		Description:  map[string]string{"host.name": "host-1", "fleetprof.token_label.team": "perf", "esc": "line\nbreak\ttab\u2028"},
 		EnrolledWith: "b1", Connected: true, LastSeen: time.Date(2026, 11, 29, 7, 0, 0, 1, time.FixedZone("x", 3600)), Healthy: true, Health: "sampling",
 		CredentialID: "c1", CredentialExpiresAt: &exp, CredentialHash: "ab12", PendingCredentialID: "c2", RotationStatus: "pending", RotationError: "e",
-		Revoked: true, ConfigHash: "cd34", ConfigStatus: "APPLIED", ConfigError: "none", EffectiveConfig: "sample_rate: 19\n",
+		Revoked: true, ConfigHash: "cd34", ConfigStatus: "APPLIED", ConfigError: "none", EffectiveConfig: "sample_rate: 19\n", EffectiveConfigHash: "ef56",
 		CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), UpdatedAt: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC), RowVersion: 7,
 	}
 }

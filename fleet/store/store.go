@@ -85,6 +85,11 @@ type Agent struct {
 	ConfigStatus    string `json:"configStatus,omitempty"` // APPLYING | APPLIED | FAILED
 	ConfigError     string `json:"configError,omitempty"`
 	EffectiveConfig string `json:"effectiveConfig,omitempty"`
+	// EffectiveConfigHash, when set, says the effective config is the
+	// canonical JSON of the project's config version of this hash, and
+	// the record holds it by this reference (EffectiveConfig empty). The
+	// console shows that version's YAML.
+	EffectiveConfigHash string `json:"effectiveConfigHash,omitempty"`
 
 	CreatedAt time.Time `json:"createdAt"`
 	UpdatedAt time.Time `json:"updatedAt"`
