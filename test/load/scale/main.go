@@ -635,7 +635,7 @@ func (f *fleet) storm(ws []*exec.Cmd, n int, first bool) (storm, error) {
 		v := metric(f.url, "fleetprof_opamp_connected_agents")
 		if progress && time.Since(lastProgress) >= 250*time.Millisecond {
 			lastProgress = time.Now()
-			fmt.Fprintf(os.Stderr, "storm %5.2fs: connected %v, records written from the start's listing %v\n", time.Since(clock.killedAt).Seconds(), v,
+			fmt.Fprintf(os.Stderr, "storm %5.2fs: connected %v, reports started from the start's listing %v\n", time.Since(clock.killedAt).Seconds(), v,
 				metric(f.url, `fleetprof_opamp_agent_record_reads_total{source="preloaded"}`))
 		}
 		return v
