@@ -336,29 +336,32 @@ type queued struct {
 // wake-up however many they are (a stage start queues every agent of the
 // stage).
 func (m *Manager) enqueue(ids ...string) {
-	m.qmu.Lock()
-	for _, id := range ids {
-		q := m.queue[id]
-		q.full = true
-		m.queue[id] = q
-	}
-	m.qmu.Unlock()
-	select {
-	case m.signal <- struct{}{}:
-	default:
-	}
+	m.queueUp(func() {
+		for _, id := range ids {
+			q := m.queue[id]
+			q.full = true
+			m.queue[id] = q
+		}
+	})
 }
 
 // enqueueAgent queues an agent for a release check; a (when not nil) is
 // its record as just written, which spares the check a store read.
 func (m *Manager) enqueueAgent(id string, a *store.Agent, full bool) {
+	m.queueUp(func() {
+		q := m.queue[id]
+		q.full = q.full || full
+		if a != nil {
+			q.agent = a
+		}
+		m.queue[id] = q
+	})
+}
+
+// queueUp changes the queue under its lock and wakes the dispatcher.
+func (m *Manager) queueUp(change func()) {
 	m.qmu.Lock()
-	q := m.queue[id]
-	q.full = q.full || full
-	if a != nil {
-		q.agent = a
-	}
-	m.queue[id] = q
+	change()
 	m.qmu.Unlock()
 	select {
 	case m.signal <- struct{}{}:
