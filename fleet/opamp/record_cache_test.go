@@ -174,9 +174,19 @@ func TestEffectiveConfigByReference(t *testing.T) {
 	if ag.RowVersion != v+1 {
 		t.Errorf("row version %d after the same effective config and a health report, was %d: want one write", ag.RowVersion, v)
 	}
-	// Another body under the same hash (an agent that reports YAML):
-	// recorded in full, and the reference dropped.
-	sendMsg(t, a, report(4, "sampling:\n  frequency_hz: 49\n"))
+	// A push of another config FAILED and left the agent on this one:
+	// still recorded by reference.
+	failed := report(4, string(body))
+	failed.RemoteConfigStatus = &protobufs.RemoteConfigStatus{LastRemoteConfigHash: []byte("fedcba9876543210fedcba9876543210"),
+		Status: protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED, ErrorMessage: "no"}
+	sendMsg(t, a, failed)
+	ag = record("the failure", func(ag *store.Agent) bool { return ag.ConfigStatus == "FAILED" })
+	if ag.EffectiveConfigHash != hashHex || ag.EffectiveConfig != "" {
+		t.Errorf("after a failed push: record %q / %q; want the reference %s kept", ag.EffectiveConfigHash, ag.EffectiveConfig, hashHex)
+	}
+	// Another body (an agent that reports YAML): recorded in full, and
+	// the reference dropped.
+	sendMsg(t, a, report(5, "sampling:\n  frequency_hz: 49\n"))
 	ag = record("effective config in full", func(ag *store.Agent) bool { return ag.EffectiveConfig != "" })
 	if ag.EffectiveConfigHash != "" || ag.EffectiveConfig != "sampling:\n  frequency_hz: 49\n" {
 		t.Errorf("record %q / %q; want the body in full and no reference", ag.EffectiveConfigHash, ag.EffectiveConfig)

@@ -920,6 +920,9 @@ func applyDescription(a *store.Agent, msg *protobufs.AgentToServer, now time.Tim
 			switch {
 			case len(f.Body) > 0 && a.ConfigHash != "" && configJSON != nil && bytes.Equal(f.Body, configJSON(a.ProjectID, a.ConfigHash)):
 				a.EffectiveConfig, a.EffectiveConfigHash = "", a.ConfigHash
+			case len(f.Body) > 0 && a.EffectiveConfigHash != "" && configJSON != nil && bytes.Equal(f.Body, configJSON(a.ProjectID, a.EffectiveConfigHash)):
+				// Still the config referred to: a push that FAILED left
+				// the agent on it.
 			case string(f.Body) != a.EffectiveConfig || a.EffectiveConfigHash != "":
 				a.EffectiveConfig, a.EffectiveConfigHash = store.Intern(string(f.Body)), ""
 			}
