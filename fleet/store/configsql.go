@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -54,22 +53,16 @@ func (s *SQL) CreateConfigVersion(ctx context.Context, c *ConfigVersion) error {
 
 func (s *SQL) ConfigVersionByID(ctx context.Context, id string) (*ConfigVersion, error) {
 	c, err := scanConfig(s.b.Read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("config version %q: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get config version", "config version %q", id); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
 func (s *SQL) ConfigVersionByHash(ctx context.Context, projectID, hash string) (*ConfigVersion, error) {
 	c, err := scanConfig(s.b.Read.QueryRowContext(ctx, `SELECT `+configCols+` FROM config_versions WHERE project_id = ? AND hash = ?`, projectID, hash))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("config version with hash %s: %w", hash, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get config version: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get config version", "config version with hash %s", hash); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -97,11 +90,8 @@ func (s *SQL) AssignmentByAgent(ctx context.Context, agentID string) (*Assignmen
 		return nil, fmt.Errorf("get assignment: %w", err)
 	}
 	a, err := scanAssignment(row)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("assignment of agent %q: %w", agentID, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get assignment: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get assignment", "assignment of agent %q", agentID); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
@@ -155,11 +145,8 @@ func (s *SQL) ApplyRolloutChange(ctx context.Context, ch *RolloutChange) error {
 
 func (s *SQL) RolloutByID(ctx context.Context, id string) (*Rollout, error) {
 	r, err := scanRollout(s.b.Read.QueryRowContext(ctx, `SELECT `+RolloutCols+` FROM rollouts WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("rollout %q: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get rollout: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get rollout", "rollout %q", id); err != nil {
+		return nil, err
 	}
 	return r, nil
 }

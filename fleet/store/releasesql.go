@@ -20,14 +20,8 @@ func (s *SQL) CreateRelease(ctx context.Context, r *Release) error {
 	if err != nil {
 		return fmt.Errorf("encode release: %w", err)
 	}
-	_, err = s.b.Write.ExecContext(ctx, `INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, r.CreatedAt.UnixMilli(), string(doc))
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("release %s: %w", r.Version, ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("insert release: %w", s.b.MapErr(err))
-	}
-	return nil
+	return s.insert(ctx, "create release "+r.Version,
+		`INSERT INTO releases(version, created_at, doc) VALUES (?,?,?)`, r.Version, r.CreatedAt.UnixMilli(), string(doc))
 }
 
 func (s *SQL) ReleaseByVersion(ctx context.Context, version string) (*Release, error) {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -65,6 +66,34 @@ func fromNullMillis(v sql.NullInt64) *time.Time {
 	}
 	t := fromMillis(v.Int64)
 	return &t
+}
+
+// insert runs an INSERT on the write connection; what names it in errors,
+// which wrap ErrConflict when the row exists (a unique key) and the
+// backend's mapping of any other error (a full disk) otherwise.
+func (s *SQL) insert(ctx context.Context, what, q string, args ...any) error {
+	_, err := s.b.Write.ExecContext(ctx, q, args...)
+	if s.b.IsUnique(err) {
+		return fmt.Errorf("%s: %w", what, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, s.b.MapErr(err))
+	}
+	return nil
+}
+
+// rowErr names the error of a one-row read: no row is ErrNotFound, named
+// by notFound (a format, with args); any other is named by what, mapped
+// by the backend.
+func (s *SQL) rowErr(err error, what, notFound string, args ...any) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("%s: %w", fmt.Sprintf(notFound, args...), ErrNotFound)
+	default:
+		return fmt.Errorf("%s: %w", what, s.b.MapErr(err))
+	}
 }
 
 // queryRows runs q on db and scans each row with scan; what names the

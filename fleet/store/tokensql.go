@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -12,25 +11,16 @@ import (
 // Projects, tokens and the audit log.
 
 func (s *SQL) CreateProject(ctx context.Context, p *Project) error {
-	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, p.CreatedAt.UnixMilli())
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("create project %q: %w", p.Name, ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create project: %w", s.b.MapErr(err))
-	}
-	return nil
+	return s.insert(ctx, fmt.Sprintf("create project %q", p.Name),
+		`INSERT INTO projects(id, name, created_at) VALUES (?, ?, ?)`, p.ID, p.Name, p.CreatedAt.UnixMilli())
 }
 
 func (s *SQL) ProjectByID(ctx context.Context, id string) (*Project, error) {
 	p := &Project{}
 	var created int64
 	err := s.b.Read.QueryRowContext(ctx, `SELECT id, name, created_at FROM projects WHERE id = ?`, id).Scan(&p.ID, &p.Name, &created)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("project %q: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get project: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get project", "project %q", id); err != nil {
+		return nil, err
 	}
 	p.CreatedAt = fromMillis(created)
 	return p, nil
@@ -50,16 +40,9 @@ const tokenCols = `id, project_id, name, kind, labels, agent_id, key_id, max_use
 
 func (s *SQL) CreateToken(ctx context.Context, t *Token) error {
 	labels, _ := json.Marshal(t.Labels)
-	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	return s.insert(ctx, fmt.Sprintf("create token %q", t.ID), `INSERT INTO tokens(`+tokenCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		t.ID, t.ProjectID, t.Name, string(t.Kind), string(labels), t.AgentID, t.KeyID, t.MaxUses, t.Uses, t.ReadOnly,
 		t.CreatedBy, t.CreatedAt.UnixMilli(), millis(t.ExpiresAt), millis(t.LastUsedAt), millis(t.RevokedAt))
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("create token %q: %w", t.ID, ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create token: %w", s.b.MapErr(err))
-	}
-	return nil
 }
 
 func scanToken(r rowScanner) (*Token, error) {
@@ -82,11 +65,8 @@ func scanToken(r rowScanner) (*Token, error) {
 
 func (s *SQL) TokenByID(ctx context.Context, id string) (*Token, error) {
 	t, err := scanToken(s.b.Read.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM tokens WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("token %q: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get token: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get token", "token %q", id); err != nil {
+		return nil, err
 	}
 	return t, nil
 }

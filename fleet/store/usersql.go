@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -13,25 +12,16 @@ var _ Users = (*SQL)(nil)
 // Organizations.
 
 func (s *SQL) CreateOrg(ctx context.Context, o *Org) error {
-	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, o.CreatedAt.UnixMilli())
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("create organization %q: %w", o.Name, ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create organization: %w", s.b.MapErr(err))
-	}
-	return nil
+	return s.insert(ctx, fmt.Sprintf("create organization %q", o.Name),
+		`INSERT INTO orgs(id, name, created_at) VALUES (?, ?, ?)`, o.ID, o.Name, o.CreatedAt.UnixMilli())
 }
 
 func (s *SQL) OrgByID(ctx context.Context, id string) (*Org, error) {
 	o := &Org{}
 	var created int64
 	err := s.b.Read.QueryRowContext(ctx, `SELECT id, name, created_at FROM orgs WHERE id = ?`, id).Scan(&o.ID, &o.Name, &created)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("organization %q: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get organization: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get organization", "organization %q", id); err != nil {
+		return nil, err
 	}
 	o.CreatedAt = fromMillis(created)
 	return o, nil
@@ -83,15 +73,8 @@ func (s *SQL) ProjectOrgs(ctx context.Context) (map[string]string, error) {
 const userCols = `id, name, key_hash, fleet_admin, read_only, created_by, created_at, last_login_at`
 
 func (s *SQL) CreateUser(ctx context.Context, u *User) error {
-	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
+	return s.insert(ctx, fmt.Sprintf("create user %q", u.Name), `INSERT INTO users(`+userCols+`) VALUES (?,?,?,?,?,?,?,?)`,
 		u.ID, u.Name, u.KeyHash, u.FleetAdmin, u.ReadOnly, u.CreatedBy, u.CreatedAt.UnixMilli(), millis(u.LastLoginAt))
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("create user %q: %w", u.Name, ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create user: %w", s.b.MapErr(err))
-	}
-	return nil
 }
 
 func scanUser(r rowScanner) (*User, error) {
@@ -111,11 +94,8 @@ func scanUser(r rowScanner) (*User, error) {
 
 func (s *SQL) userWhere(ctx context.Context, col, v string) (*User, error) {
 	u, err := scanUser(s.b.Read.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE `+col+` = ?`, v))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("user: %w", ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get user: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get user", "user"); err != nil {
+		return nil, err
 	}
 	return u, nil
 }
@@ -204,15 +184,8 @@ func (s *SQL) CreateSession(ctx context.Context, se *Session) error {
 	if _, err := s.b.Write.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < ?`, se.CreatedAt.UnixMilli()); err != nil {
 		return fmt.Errorf("expire sessions: %w", s.b.MapErr(err))
 	}
-	_, err := s.b.Write.ExecContext(ctx, `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
+	return s.insert(ctx, "create session", `INSERT INTO sessions(id, csrf, kind, subject, name, created_at, expires_at) VALUES (?,?,?,?,?,?,?)`,
 		se.ID, se.CSRF, se.Kind, se.Subject, se.Name, se.CreatedAt.UnixMilli(), se.ExpiresAt.UnixMilli())
-	if s.b.IsUnique(err) {
-		return fmt.Errorf("create session: %w", ErrConflict)
-	}
-	if err != nil {
-		return fmt.Errorf("create session: %w", s.b.MapErr(err))
-	}
-	return nil
 }
 
 func (s *SQL) SessionByID(ctx context.Context, id string, now time.Time) (*Session, error) {
@@ -220,11 +193,8 @@ func (s *SQL) SessionByID(ctx context.Context, id string, now time.Time) (*Sessi
 	var created, expires int64
 	err := s.b.Read.QueryRowContext(ctx, `SELECT csrf, kind, subject, name, created_at, expires_at FROM sessions WHERE id = ? AND expires_at > ?`, id, now.UnixMilli()).
 		Scan(&se.CSRF, &se.Kind, &se.Subject, &se.Name, &created, &expires)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("session: %w", ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get session: %w", s.b.MapErr(err))
+	if err := s.rowErr(err, "get session", "session"); err != nil {
+		return nil, err
 	}
 	se.CreatedAt, se.ExpiresAt = fromMillis(created), fromMillis(expires)
 	return se, nil
