@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unsafe"
 
 	gojson "github.com/goccy/go-json"
 	"github.com/golang-jwt/jwt/v5"
@@ -169,7 +170,11 @@ func complete(claims *Claims, keyID string) (*Claims, error) {
 
 // Sum is the SHA-256 of a token, which the fleet records for the agent
 // credentials it accepted (never the token itself).
-func Sum(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }
+func Sum(raw string) [32]byte {
+	// The bytes of raw, not a copy (Sum256 only reads them): a reconnect
+	// storm hashes one token per agent.
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+}
 
 // VerifyRecorded is Verify for a token the caller may have recorded by
 // its Sum when it accepted it before: recorded gets the token's claims,
