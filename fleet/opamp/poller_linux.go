@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/open-telemetry/opamp-go/server/types"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -33,12 +34,25 @@ type poller struct {
 	// wake is an eventfd in the set (under key 0) that stop writes to.
 	wake int
 
-	mu      sync.Mutex
-	conns   map[uint64]*wsConn
-	partial map[*wsConn]time.Time // connections holding part of a frame, since
+	mu    sync.Mutex
+	conns map[uint64]*wsConn
+	// partial holds the connections that must complete a frame or
+	// their request, by when.
+	partial map[*wsConn]time.Time
 	next    uint64
 	stopped bool
 	done    chan struct{}
+
+	// The listening socket, when the poller accepts (Server.Listen):
+	// its descriptor (-1: none), the server the connections are for,
+	// and the listener of those that go to net/http.
+	lmu     sync.RWMutex
+	lfd     int
+	ls      *Server
+	handoff *handoff
+	// requests holds the connections whose request is read, for the
+	// upgraders.
+	requests chan *wsConn
 }
 
 const (
@@ -55,7 +69,7 @@ const (
 )
 
 func newPoller(log *zap.Logger) *poller {
-	p := &poller{log: log, epfd: -1, wake: -1, conns: map[uint64]*wsConn{}, partial: map[*wsConn]time.Time{}, done: make(chan struct{})}
+	p := &poller{log: log, epfd: -1, wake: -1, lfd: -1, requests: make(chan *wsConn, 4096), conns: map[uint64]*wsConn{}, partial: map[*wsConn]time.Time{}, done: make(chan struct{})}
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err == nil {
 		p.epfd = fd
@@ -168,12 +182,15 @@ func (p *poller) arm(w *wsConn) error {
 	return nil
 }
 
-// remove forgets a connection (before its socket is closed).
-func (p *poller) remove(w *wsConn) {
+// remove forgets a connection (before its socket is closed) and returns
+// its close callback: nil while it is a request not upgraded, which sets
+// the callbacks under mu (Server.upgrade).
+func (p *poller) remove(w *wsConn) func(types.Connection) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	delete(p.conns, w.key)
 	delete(p.partial, w)
-	p.mu.Unlock()
+	return w.onClose
 }
 
 // closeRaw closes a detached descriptor. Closing the last descriptor of
@@ -245,7 +262,7 @@ func (p *poller) track(w *wsConn) {
 	w.partial = pend
 	p.mu.Lock()
 	if pend && !w.closed.Load() { // (close sets closed before remove takes mu)
-		p.partial[w] = time.Now()
+		p.partial[w] = time.Now().Add(frameTimeout)
 	} else {
 		delete(p.partial, w)
 	}
@@ -258,8 +275,8 @@ func (p *poller) sweep() bool {
 	now := time.Now()
 	var late []*wsConn
 	p.mu.Lock()
-	for w, since := range p.partial {
-		if now.Sub(since) > frameTimeout {
+	for w, deadline := range p.partial {
+		if now.After(deadline) {
 			late = append(late, w)
 			delete(p.partial, w)
 		}
@@ -267,7 +284,11 @@ func (p *poller) sweep() bool {
 	left := len(p.partial) > 0
 	p.mu.Unlock()
 	for _, w := range late {
-		w.s.log.Debug("websocket frame timed out", zap.Duration("after", frameTimeout))
+		if w.hs {
+			w.s.log.Debug("request timed out", zap.String("remote", w.remote), zap.Duration("after", handshakeTimeout))
+		} else {
+			w.s.log.Debug("websocket frame timed out", zap.Duration("after", frameTimeout))
+		}
 		_ = w.close(true)
 	}
 	return left
@@ -298,12 +319,14 @@ func (p *poller) run() {
 			return
 		}
 		targets = targets[:0]
-		stop := false
+		stop, accept := false, false
 		p.mu.Lock()
 		for i := range events[:n] {
 			key := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
 			if key == 0 {
 				stop = true
+			} else if key == listenKey {
+				accept = true
 			} else if w := p.conns[key]; w != nil {
 				targets = append(targets, w)
 			}
@@ -315,6 +338,9 @@ func (p *poller) run() {
 		}
 		more := p.round(targets, scratch)
 		clear(targets)
+		if accept && p.acceptAll() {
+			more = true // no pause while connections arrive
+		}
 		if partial {
 			p.sweep()
 		}
@@ -336,6 +362,10 @@ func (p *poller) round(targets []*wsConn, scratch []byte) (more bool) {
 	for _, w := range targets {
 		if !w.armed.Swap(false) {
 			continue // a stale event
+		}
+		if w.hs {
+			p.readRequest(w, scratch)
+			continue
 		}
 		start := len(work)
 		var full bool

@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/open-telemetry/opamp-go/server/types"
 	"go.uber.org/zap"
 )
 
@@ -21,9 +22,12 @@ func (p *poller) detach(net.Conn, time.Duration) (int, bool) { return -1, false 
 
 func (p *poller) add(w *wsConn) { go w.loop() }
 
-func (p *poller) remove(*wsConn) {}
+func (p *poller) remove(w *wsConn) func(types.Connection) { return w.onClose }
 
 func (p *poller) stop() {}
+
+// Listen returns ln: without epoll every handshake goes through net/http.
+func (s *Server) Listen(ln net.Listener) net.Listener { return ln }
 
 // No connection is detached here: the raw operations are never called.
 

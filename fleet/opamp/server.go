@@ -144,6 +144,13 @@ type Server struct {
 	drained bool
 
 	pending atomic.Int64
+	// lastHandshake is when the last handshake began (unix ns); the
+	// queued full-state asks wait for a pause (fullStates).
+	lastHandshake atomic.Int64
+	fullStates    fullStateQueue
+	// stop is closed by Shutdown: the server's own goroutines end.
+	stop     chan struct{}
+	stopOnce sync.Once
 	// listing is set while LoadRecordedWhileServing lists: handshakes
 	// wait for the channel to close before they are admitted.
 	listing atomic.Pointer[chan struct{}]
@@ -205,6 +212,8 @@ type metrics struct {
 	offers           *prometheus.CounterVec
 	credentialChecks *prometheus.CounterVec
 	configStatus     *prometheus.CounterVec
+	fullStateAsks    *prometheus.CounterVec
+	handshakes       *prometheus.CounterVec
 }
 
 // conn is the state of one OpAMP connection.
@@ -273,6 +282,10 @@ func New(o Options) (*Server, error) {
 	o.Callbacks.SetDefaults()
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, recorded: map[[16]byte]recordedCredential{}, jobs: make(chan func())}
 	s.idle = sync.NewCond(&s.mu)
+	s.fullStates.wake = make(chan struct{}, 1)
+	s.fullStates.quiet, s.fullStates.maxWait = fullStateQuiet, fullStateMaxWait
+	s.stop = make(chan struct{})
+	go s.askFullStates(s.stop)
 	// Enough concurrent store calls for the group commit of agent
 	// updates to fill its batches in a reconnect storm.
 	for i := 0; i < storeWorkers; i++ {
@@ -286,12 +299,16 @@ func New(o Options) (*Server, error) {
 		enrollments: prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_enrollments_total", Help: "Agents enrolled with a bootstrap token."}),
 		recordCache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_agent_record_reads_total", Help: "Agent records a status report started from: read from the store (read), kept by the connection since its last report (hit), or listed at the fleet's start (preloaded, an agent's first report after a restart)."}, []string{"source"}),
 		messages:    prometheus.NewCounter(prometheus.CounterOpts{Name: "fleetprof_opamp_messages_total", Help: "AgentToServer messages handled."}),
-		offers:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
+		fullStateAsks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_full_state_requests_total",
+			Help: "Agents asked for their full state: in the answer to a message (at_once: a sequence gap, a first message that is not empty), or queued until the handshakes pause (deferred: an agent back on a new WebSocket)."}, []string{"when"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_websocket_handshakes_total",
+			Help: "WebSocket handshakes accepted, by who read them: the OpAMP server's poller (poller: plain TCP on Linux) or net/http (net_http: TLS, or no epoll)."}, []string{"path"}),
+		offers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_credential_offers_total", Help: "Credentials offered, by reason."}, []string{"reason"}),
 		configStatus: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fleetprof_opamp_config_status_stored_total",
 			Help: "Remote config statuses stored in agent records, by status (APPLYING, APPLIED, FAILED): each a report of another config or status than the record held."}, []string{"status"}),
 	}
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers, s.m.credentialChecks, s.m.configStatus} {
+		for _, c := range []prometheus.Collector{s.m.connected, s.m.rejected, s.m.enrollments, s.m.recordCache, s.m.messages, s.m.offers, s.m.credentialChecks, s.m.configStatus, s.m.fullStateAsks, s.m.handshakes} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register opamp metrics: %w", err)
 			}
@@ -371,13 +388,26 @@ func (s *Server) refuse(code int, hdr map[string]string) types.ConnectionRespons
 }
 
 func (s *Server) onConnecting(r *http.Request) types.ConnectionResponse {
-	resp, _ := s.accept(r)
+	resp, _ := s.accept(r.Context(), requestOf(r))
 	return resp
 }
 
+// request is what accept reads of a connection's HTTP request.
+type request struct {
+	authorization string
+	contentType   string
+	remote        string
+}
+
+// requestOf is what accept reads of r.
+func requestOf(r *http.Request) request {
+	return request{authorization: r.Header.Get("Authorization"), contentType: r.Header.Get("Content-Type"), remote: r.RemoteAddr}
+}
+
 // accept decides on a connection; c is its state when accepted.
-func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
-	if !s.waitListing(r.Context()) {
+func (s *Server) accept(ctx context.Context, r request) (_ types.ConnectionResponse, c *conn) {
+	s.lastHandshake.Store(time.Now().UnixNano())
+	if !s.waitListing(ctx) {
 		return s.refuse(http.StatusServiceUnavailable, retryAfter(1)), nil
 	}
 	if n := s.pending.Add(1); n > int64(s.o.MaxPendingHandshakes) {
@@ -385,7 +415,7 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		return s.refuse(http.StatusTooManyRequests, retryAfter(1)), nil
 	}
 	defer s.pending.Add(-1)
-	ws := r.Header.Get("Content-Type") != "application/x-protobuf"
+	ws := r.contentType != "application/x-protobuf"
 	s.mu.Lock()
 	full, closed := len(s.conns) >= s.o.MaxConnections, s.closed
 	s.mu.Unlock()
@@ -395,13 +425,13 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 	if ws && full {
 		return s.refuse(http.StatusServiceUnavailable, retryAfter(15)), nil
 	}
-	raw, ok := auth.Bearer(r.Header.Get("Authorization"))
+	raw, ok := auth.Bearer(r.authorization)
 	if !ok {
-		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.String("reason", "no bearer token"))
+		s.log.Info("opamp connection refused", zap.String("remote", r.remote), zap.String("reason", "no bearer token"))
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
 	sum := token.Sum(raw)
-	claims, err := s.verify(r.Context(), raw, sum, ws)
+	claims, err := s.verify(ctx, raw, sum, ws)
 	if err == nil {
 		switch claims.Kind() {
 		case token.KindBootstrap, token.KindAgent:
@@ -410,7 +440,7 @@ func (s *Server) accept(r *http.Request) (_ types.ConnectionResponse, c *conn) {
 		}
 	}
 	if err != nil {
-		s.log.Info("opamp connection refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
+		s.log.Info("opamp connection refused", zap.String("remote", r.remote), zap.Error(err))
 		return s.refuse(http.StatusUnauthorized, nil), nil
 	}
 	c = &conn{s: s, claims: claims, ws: ws, sum: hex.EncodeToString(sum[:])}
@@ -806,13 +836,18 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 	if first && c.ws && c.claims.Kind() == token.KindAgent && empty(msg) {
 		// An agent back on a new WebSocket (a fleet restart's reconnect
 		// storm) goes on with its sequence and says nothing: its full
-		// state, asked for just now, comes next and is stored then.
-		// Storing this message too was a write, and then a read to judge
-		// the full state against the store (a third of the fleet's CPU
-		// in a storm of 19,000 agents). Until then the agent is
-		// connected here (it gets pushes) but its record says so only
-		// with the next message, a few milliseconds later.
+		// state is asked for once the handshakes pause (fullstate.go),
+		// and stored when it comes. Storing this message too was a
+		// write, and then a read to judge the full state against the
+		// store (a third of the fleet's CPU in a storm of 19,000
+		// agents). Until then the agent is connected here (it gets
+		// pushes) but its record says so only with its full state.
+		resp.Flags &^= uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)
+		s.fullStates.push(c, time.Now())
 		return resp
+	}
+	if resp.Flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) != 0 {
+		s.m.fullStateAsks.WithLabelValues("at_once").Inc()
 	}
 
 	if c.claims.Kind() == token.KindAgent && c.quiet(msg, s.o.Now()) {
@@ -1345,18 +1380,24 @@ func (s *Server) Send(ctx context.Context, agentID string, msg *protobufs.Server
 	if c == nil || c.c == nil {
 		return fmt.Errorf("send to agent %s: %w", agentID, ErrNotConnected)
 	}
+	return c.send(ctx, msg)
+}
+
+// send pushes a message to the agent on this connection, with the write
+// deadline; a failed write ends the connection.
+func (c *conn) send(ctx context.Context, msg *protobufs.ServerToAgent) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if nc := c.c.Connection(); nc != nil {
-		_ = nc.SetWriteDeadline(s.o.Now().Add(s.o.WriteTimeout))
+		_ = nc.SetWriteDeadline(c.s.o.Now().Add(c.s.o.WriteTimeout))
 	}
 	if msg.InstanceUid == nil {
-		msg.InstanceUid, _ = hex.DecodeString(agentID)
+		msg.InstanceUid, _ = hex.DecodeString(c.agentID)
 	}
 	msg.Capabilities = serverCaps
 	if err := c.c.Send(ctx, msg); err != nil {
 		_ = c.c.Disconnect()
-		return fmt.Errorf("send to agent %s: %w", agentID, err)
+		return fmt.Errorf("send to agent %s: %w", c.agentID, err)
 	}
 	return nil
 }
@@ -1389,6 +1430,7 @@ func (s *Server) closeCredential(jti string) {
 // the handlers' store work in flight, after which handlers skip store
 // work: the caller may close the store.
 func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() { close(s.stop) })
 	s.mu.Lock()
 	s.closed = true
 	list := make([]*conn, 0, len(s.conns))

@@ -71,6 +71,9 @@ func serve(t testing.TB, srv *Server) *httptest.Server {
 	mux.Handle(Path, srv.Handler())
 	hs := httptest.NewUnstartedServer(mux)
 	hs.Config.ConnContext = srv.ConnContext
+	// WebSocket handshakes are taken by the server's poller, as in the
+	// fleet; the TLS tests serve them through net/http.
+	hs.Listener = srv.Listen(hs.Listener)
 	hs.Start()
 	t.Cleanup(func() { srv.Shutdown(); hs.Close() })
 	return hs

@@ -28,11 +28,14 @@ func (s *slowWrites) UpsertAgent(ctx context.Context, a *store.Agent) error {
 func TestShutdownWaitsForStoreWork(t *testing.T) {
 	f := newFixture(t, Options{})
 	slow := &slowWrites{Store: f.st}
-	f.srv.o.Store = slow
-	c := dialWS(t, f, f.boot)
+	srv, err := New(Options{Store: slow, Auth: f.auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialTo(t, serve(t, srv).URL, f.boot)
 	sendMsg(t, c, enrollMsg("draining"))
 	waitFor(t, "an agent write in flight", func() bool { return slow.started.Load() > 0 })
-	f.srv.Shutdown()
+	srv.Shutdown()
 	if started, finished := slow.started.Load(), slow.finished.Load(); finished != started {
 		t.Fatalf("Shutdown returned with %d of %d agent writes unfinished", started-finished, started)
 	}

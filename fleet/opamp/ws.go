@@ -69,7 +69,7 @@ func isWebSocket(r *http.Request) bool {
 // serveWS admits (or refuses) an agent's WebSocket handshake and hands the
 // connection to the poller.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	resp, sc := s.accept(r)
+	resp, sc := s.accept(r.Context(), requestOf(r))
 	if !resp.Accept {
 		for k, v := range resp.HTTPResponseHeader {
 			w.Header().Set(k, v)
@@ -85,6 +85,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	s.m.handshakes.WithLabelValues("net_http").Inc()
 	wc := &wsConn{s: s, nc: nc, fd: -1}
 	// A client may send its first frames right behind the handshake; they
 	// sit in net/http's reader, which is dropped here.
@@ -139,6 +140,12 @@ type wsConn struct {
 
 	wmu    sync.Mutex // serializes writes
 	closed atomic.Bool
+
+	// hs: the connection was accepted by the poller (Server.Listen) and
+	// its request is being read; in holds what came of it. remote is
+	// the peer's address then.
+	hs     bool
+	remote string
 }
 
 // Connection returns the socket, or nil when the server reads and writes
@@ -248,7 +255,7 @@ func (w *wsConn) close(async bool) error {
 	if !w.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	w.s.poll.remove(w)
+	onClose := w.s.poll.remove(w)
 	var err error
 	if w.fd >= 0 {
 		// Only close sets fd, and it runs once: the descriptor is
@@ -264,10 +271,12 @@ func (w *wsConn) close(async bool) error {
 		err = w.nc.Close()
 		w.wmu.Unlock()
 	}
-	if async {
-		go w.onClose(w)
-	} else {
-		w.onClose(w)
+	switch {
+	case onClose == nil: // a request that never became a WebSocket
+	case async:
+		go onClose(w)
+	default:
+		onClose(w)
 	}
 	return err
 }

@@ -268,7 +268,8 @@ func Run(ctx context.Context, o Options) error {
 			err = hs.ServeTLS(ln, "", "")
 		} else {
 			log.Warn("fleet serving plaintext HTTP (no --tls-cert-file): fine on loopback, use TLS elsewhere", zap.String("address", ln.Addr().String()), zap.String("url", o.PublicURL))
-			err = hs.Serve(ln)
+			// The agents' WebSocket handshakes skip net/http.
+			err = hs.Serve(op.Listen(ln))
 		}
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil

@@ -1,0 +1,146 @@
+package opamp
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/open-telemetry/opamp-go/protobufs"
+)
+
+const fullFlag = uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)
+
+// paceFullStates sets the full-state asks' pace for the servers the test
+// creates.
+func paceFullStates(t *testing.T, quiet, maxWait time.Duration) {
+	t.Helper()
+	oq, ow := fullStateQuiet, fullStateMaxWait
+	fullStateQuiet, fullStateMaxWait = quiet, maxWait
+	t.Cleanup(func() { fullStateQuiet, fullStateMaxWait = oq, ow })
+}
+
+// askedFullState reads the answer to an agent's empty first message on a
+// new WebSocket (it must not ask for the full state) and then the ask,
+// sent on its own; it returns when the ask arrived.
+func askedFullState(t *testing.T, c *websocket.Conn) time.Time {
+	t.Helper()
+	if reply := readMsg(t, c); reply.Flags&fullFlag != 0 {
+		t.Fatalf("answer to the empty first message: flags %b; want the full state asked for on its own, later", reply.Flags)
+	}
+	ask := readMsg(t, c)
+	at := time.Now()
+	if ask.Flags&fullFlag == 0 || !bytes.Equal(ask.InstanceUid, uid) || ask.Capabilities != serverCaps {
+		t.Fatalf("message after the answer: %v; want ReportFullState to the agent", ask)
+	}
+	return at
+}
+
+// TestFullStateAskedWhenHandshakesPause: an agent back on a restarted
+// fleet gets its empty first message answered at once, without the ask
+// for its full state; the ask follows on its own once no handshake began
+// for a while (not while other agents keep connecting), or once the agent
+// waited the longest wait, handshakes or not. The full state it then
+// sends is stored.
+func TestFullStateAskedWhenHandshakesPause(t *testing.T) {
+	const quiet = 250 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		maxWait time.Duration
+		// during: the ask must come while the handshakes go on
+		during bool
+	}{
+		{"after the handshakes", time.Minute, false},
+		{"longest wait", 400 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			paceFullStates(t, quiet, tc.maxWait)
+			f := newFixture(t, Options{})
+			cred, _ := crashed(t, f, "storm")
+			_, reg, url := restartedWith(t, f, Options{})
+			c := dialTo(t, url, cred)
+
+			// Other agents keep connecting for 1.5 s (refused: a bad
+			// token is a handshake all the same).
+			u := "ws" + strings.TrimPrefix(url, "http") + Path
+			type storm struct {
+				end    time.Time
+				maxGap time.Duration
+			}
+			stormDone := make(chan storm, 1)
+			go func() {
+				var s storm
+				start := time.Now()
+				prev := start
+				for time.Since(start) < 1500*time.Millisecond {
+					now := time.Now()
+					s.maxGap = max(s.maxGap, now.Sub(prev))
+					prev = now
+					if ws, _, err := websocket.DefaultDialer.Dial(u, http.Header{"Authorization": {"Bearer not-a-token"}}); err == nil {
+						ws.Close()
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				s.end = time.Now()
+				stormDone <- s
+			}()
+			time.Sleep(50 * time.Millisecond) // the storm is on
+			sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
+			at := askedFullState(t, c)
+			s := <-stormDone
+			switch {
+			case tc.during && at.After(s.end):
+				t.Errorf("asked %v after the handshakes ended; want within the longest wait, %v, while they went on", at.Sub(s.end), tc.maxWait)
+			case !tc.during && at.Before(s.end) && s.maxGap < quiet-50*time.Millisecond:
+				t.Errorf("asked %v before the handshakes ended, which never paused more than %v; want the ask after a pause of %v", s.end.Sub(at), s.maxGap, quiet)
+			}
+			waitFor(t, "the deferred ask counted", func() bool {
+				return counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred") == 1
+			})
+
+			full := enrollMsg("storm, full state")
+			full.SequenceNum = 8
+			sendMsg(t, c, full)
+			waitFor(t, "the full state stored", func() bool {
+				ag, err := f.st.AgentByID(t.Context(), uidHex)
+				return err == nil && ag.Hostname == "storm, full state" && ag.Connected
+			})
+		})
+	}
+}
+
+// TestFullStateAskSkipsReplacedConnection: an agent whose connection was
+// replaced (or closed) before its ask went out is not asked on the old
+// one; the new connection's first message is answered as its own.
+func TestFullStateAskSkipsReplacedConnection(t *testing.T) {
+	paceFullStates(t, 300*time.Millisecond, time.Minute)
+	f := newFixture(t, Options{})
+	cred, _ := crashed(t, f, "twice")
+	srv, reg, url := restartedWith(t, f, Options{})
+	old := dialTo(t, url, cred)
+	sendMsg(t, old, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 7})
+	if reply := readMsg(t, old); reply.Flags&fullFlag != 0 {
+		t.Fatalf("answer to the empty first message: flags %b", reply.Flags)
+	}
+	c := dialTo(t, url, cred)
+	sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 9})
+	askedFullState(t, c)
+	// The old connection was closed when the new one took over, and
+	// never asked.
+	_ = old.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, b, err := old.ReadMessage(); err == nil {
+		t.Fatalf("the replaced connection got a message (%d bytes); want it closed", len(b))
+	}
+	// Both were queued and taken in order, the old one first.
+	waitFor(t, "the new connection's ask counted", func() bool {
+		return counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred") == 1
+	})
+	srv.fullStates.mu.Lock()
+	left := len(srv.fullStates.conns)
+	srv.fullStates.mu.Unlock()
+	if n := counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred"); n != 1 || left != 0 {
+		t.Errorf("deferred full-state asks counted: %v, %d queued; want 1 (the new connection's only), none", n, left)
+	}
+}
