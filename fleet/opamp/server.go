@@ -842,9 +842,11 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 		// store (a third of the fleet's CPU in a storm of 19,000
 		// agents). Until then the agent is connected here (it gets
 		// pushes) but its record says so only with its full state.
-		resp.Flags &^= uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)
+		// Nothing is answered now: the ask carries the server's
+		// capabilities, and a WebSocket agent waits for no answer (an
+		// answer now was one more message each way per agent).
 		s.fullStates.push(c, time.Now())
-		return resp
+		return nil
 	}
 	if resp.Flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) != 0 {
 		s.m.fullStateAsks.WithLabelValues("at_once").Inc()
