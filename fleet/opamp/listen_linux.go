@@ -67,11 +67,15 @@ var opampGet = []byte("GET " + Path)
 // on ln: the OpAMP WebSocket handshakes that arrive on ln are taken here
 // (see the top of this file), everything else is accepted through it. It
 // returns ln itself where the poller cannot take sockets (no epoll, not a
-// TCP listener); TLS listeners must not be passed.
+// TCP listener, or a listener taken before: the poller takes one); TLS
+// listeners must not be passed.
 func (s *Server) Listen(ln net.Listener) net.Listener {
 	p := s.poll
 	tl, ok := ln.(*net.TCPListener)
-	if !ok || p.epfd < 0 {
+	p.lmu.RLock()
+	taken := p.ls != nil
+	p.lmu.RUnlock()
+	if !ok || p.epfd < 0 || taken {
 		return ln
 	}
 	raw, err := tl.SyscallConn()

@@ -104,6 +104,40 @@ func TestListenHandsOtherRequestsToNetHTTP(t *testing.T) {
 	}
 }
 
+// TestListenHandsHTTP2ToNetHTTP: a plaintext HTTP/2 connection (prior
+// knowledge, as the agent's gRPC profile upload speaks to a plaintext
+// fleet) reaches net/http through the handoff.
+func TestListenHandsHTTP2ToNetHTTP(t *testing.T) {
+	f := newFixture(t, Options{})
+	srv, err := New(Options{Store: f.st, Auth: f.auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	mux := http.NewServeMux()
+	mux.Handle(Path, srv.Handler())
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, r.Proto) })
+	hs := httptest.NewUnstartedServer(mux)
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetHTTP1(true)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Listener = srv.Listen(hs.Listener)
+	hs.Start()
+	t.Cleanup(hs.Close)
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	cl := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
+	resp, err := cl.Get(hs.URL + "/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(b) != "HTTP/2.0" {
+		t.Fatalf("h2c answer %d %q; want 200 from net/http over HTTP/2.0", resp.StatusCode, b)
+	}
+}
+
 // TestListenRequestTimesOut: a connection that does not complete its
 // request in time is closed (no goroutine waits on it meanwhile).
 func TestListenRequestTimesOut(t *testing.T) {
@@ -131,4 +165,47 @@ func TestListenRequestTimesOut(t *testing.T) {
 			t.Fatalf("after %q: closed after %v, before the timeout", sent, d)
 		}
 	}
+}
+
+// FuzzHandshakeRequest sends arbitrary bytes as a new connection's
+// request to the listener Listen returns: nothing may crash or hang the
+// server; a request the poller takes as an OpAMP handshake is answered
+// with an HTTP/1.1 status (101 or a refusal) or closed; and the server
+// still takes a good agent afterwards.
+func FuzzHandshakeRequest(f *testing.F) {
+	fx := newFixture(f, Options{})
+	addr := strings.TrimPrefix(fx.http.URL, "http://")
+	f.Add([]byte(handshakeRequest(fx.boot)))
+	f.Add([]byte(handshakeRequest("not-a-token")))
+	f.Add([]byte(strings.Replace(handshakeRequest(fx.boot), Path, Path+"?a=b", 1)))
+	f.Add([]byte(strings.Replace(handshakeRequest(fx.boot), "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8", 1)))
+	f.Add([]byte("GET " + Path + " HTTP/1.1\r\nHost x\r\n\r\n"))
+	f.Add([]byte("GET " + Path + " HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("GET " + Path))
+	f.Add([]byte("POST " + Path + " HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"))
+	f.Add([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+	f.Add([]byte("\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		_ = nc.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := nc.Write(data); err != nil {
+			return // the server may hang up first
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		buf := make([]byte, 16)
+		n, _ := io.ReadFull(nc, buf)
+		ours := strings.HasPrefix(string(data), "GET "+Path+" ") || strings.HasPrefix(string(data), "GET "+Path+"?")
+		if ours && strings.Contains(string(data), "\r\n\r\n") && n > 0 && !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 ") {
+			t.Fatalf("answer to a handshake %q: %q; want an HTTP/1.1 status line", data, buf[:n])
+		}
+	})
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+addr+Path, http.Header{"Authorization": {"Bearer " + fx.boot}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
 }
