@@ -3,6 +3,7 @@ package opamp
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -22,11 +23,12 @@ import (
 // the first message, that work competed with the handshakes of the
 // agents still waiting in the kernel's listen queue, whose overflow costs
 // each a TCP retransmission (one second, then two). The fleet now takes
-// the connections first: the first message is answered at once, without
-// the ask, and the agent is queued; the queue is asked once no handshake
-// began for fullStateQuiet, or when its oldest waited fullStateMaxWait
-// (a fleet that never stops taking handshakes still asks). Until its full
-// state comes the agent is connected here and gets pushes; its record is
+// the connections first: the first message is not answered, and the
+// agent is queued; the queue is asked once no handshake began for
+// fullStateQuiet, or when its oldest waited fullStateMaxWait (a fleet
+// that never stops taking handshakes still asks), with at most
+// fullStateInFlight full states awaited at a time. Until its full state
+// comes the agent is connected here and gets pushes; its record is
 // what the fleet stored before, which is what the full state checks.
 var (
 	// fullStateQuiet is how long no handshake must have begun before the
@@ -37,14 +39,23 @@ var (
 	fullStateMaxWait = 5 * time.Second
 )
 
-// fullStateBatch is how many agents are asked before the handshakes are
-// looked at again.
-const fullStateBatch = 256
+// fullStateInFlight bounds the agents asked whose full state has not
+// come yet: the asks follow the pace at which the full states are taken,
+// and a wave of handshakes that comes meanwhile (the agents whose
+// connection attempts the kernel's full listen queue dropped come back a
+// second later) competes with at most these.
+// (A variable for the tests.)
+var fullStateInFlight = 256
 
 // fullStateQueue holds the connections whose full state is yet to be
 // asked for, oldest first.
 type fullStateQueue struct {
 	quiet, maxWait time.Duration
+	inFlight       int
+	// outstanding counts the agents asked whose full state has not come
+	// (conn.awaitingFull); taken signals a decrement.
+	outstanding atomic.Int64
+	taken       chan struct{}
 
 	mu    sync.Mutex
 	conns []*conn
@@ -76,6 +87,16 @@ func (q *fullStateQueue) pop(n int) []*conn {
 		q.conns, q.since = nil, nil // let the storm's arrays go
 	}
 	return out
+}
+
+// took notes that an asked agent's full state came (or its connection
+// closed).
+func (q *fullStateQueue) took() {
+	q.outstanding.Add(-1)
+	select {
+	case q.taken <- struct{}{}:
+	default:
+	}
 }
 
 // oldest reports when the oldest queued connection was queued; false if
@@ -120,7 +141,17 @@ func (s *Server) askFullStates(done <-chan struct{}) {
 				}
 				continue
 			}
-			for _, c := range s.fullStates.pop(fullStateBatch) {
+			room := q.inFlight - int(q.outstanding.Load())
+			if room <= 0 {
+				select {
+				case <-done:
+					return
+				case <-q.taken:
+				case <-time.After(100 * time.Millisecond):
+				}
+				continue
+			}
+			for _, c := range q.pop(room) {
 				s.askFullState(c, ask)
 			}
 		}
@@ -138,7 +169,13 @@ func (s *Server) askFullState(c *conn, ask *protobufs.ServerToAgent) {
 	msg := &protobufs.ServerToAgent{Flags: ask.Flags}
 	ctx, cancel := context.WithTimeout(context.Background(), s.o.WriteTimeout)
 	defer cancel()
+	// Counted before the send: the full state may come before it returns.
+	s.fullStates.outstanding.Add(1)
+	c.awaitingFull.Store(true)
 	if err := c.send(ctx, msg); err != nil {
+		if c.awaitingFull.CompareAndSwap(true, false) {
+			s.fullStates.took()
+		}
 		s.log.Debug("ask for full state", zap.String("agent", c.agentID), zap.Error(err))
 		return
 	}

@@ -2,6 +2,7 @@ package opamp
 
 import (
 	"bytes"
+	"encoding/hex"
 	"net/http"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/open-telemetry/opamp-go/protobufs"
+
+	"github.com/fleetprof/fleetprof/internal/describe"
 )
 
 const fullFlag = uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)
@@ -140,5 +143,73 @@ func TestFullStateAskSkipsReplacedConnection(t *testing.T) {
 	srv.fullStates.mu.Unlock()
 	if n := counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred"); n != 1 || left != 0 {
 		t.Errorf("deferred full-state asks counted: %v, %d queued; want 1 (the new connection's only), none", n, left)
+	}
+}
+
+// TestFullStateAsksWaitForFullStates: with room for one awaited full
+// state, the second agent is asked only once the first one's full state
+// came.
+func TestFullStateAsksWaitForFullStates(t *testing.T) {
+	paceFullStates(t, 10*time.Millisecond, time.Minute)
+	old := fullStateInFlight
+	fullStateInFlight = 1
+	t.Cleanup(func() { fullStateInFlight = old })
+	f := newFixture(t, Options{})
+	uids := [][]byte{uid, []byte("fedcba9876543210")}
+	full := func(u []byte, seq uint64) *protobufs.AgentToServer {
+		return &protobufs.AgentToServer{InstanceUid: u, SequenceNum: seq, AgentDescription: describe.Encode(describe.Agent{Platform: "systemd", Hostname: hex.EncodeToString(u)})}
+	}
+	var creds []string
+	for _, u := range uids {
+		c := dialWS(t, f, f.boot)
+		sendMsg(t, c, full(u, 0))
+		creds = append(creds, strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer "))
+		c.Close()
+		a := dialWS(t, f, creds[len(creds)-1])
+		sendMsg(t, a, full(u, 1))
+		readMsg(t, a)
+		waitFor(t, "the credential recorded", func() bool {
+			ag, err := f.st.AgentByID(t.Context(), hex.EncodeToString(u))
+			return err == nil && ag.CredentialHash != "" && ag.Connected && ag.PendingCredentialID == ""
+		})
+	}
+	_, _, url := restartedWith(t, f, Options{})
+	type got struct {
+		i   int
+		msg *protobufs.ServerToAgent
+	}
+	asks := make(chan got, 2)
+	var conns []*websocket.Conn
+	for i, u := range uids {
+		c := dialTo(t, url, creds[i])
+		conns = append(conns, c)
+		sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: u, SequenceNum: 7})
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, b, err := c.ReadMessage(); err == nil {
+				m := &protobufs.ServerToAgent{}
+				if decodeMessage(b, m) == nil {
+					asks <- got{i, m}
+				}
+			}
+		}()
+	}
+	first := <-asks
+	if first.msg.Flags&fullFlag == 0 {
+		t.Fatalf("first message %v: want the ask", first.msg)
+	}
+	select {
+	case g := <-asks:
+		t.Fatalf("agent %d asked while agent %d's full state was awaited", g.i, first.i)
+	case <-time.After(300 * time.Millisecond):
+	}
+	sendMsg(t, conns[first.i], full(uids[first.i], 8))
+	select {
+	case g := <-asks:
+		if g.i == first.i || g.msg.Flags&fullFlag == 0 {
+			t.Fatalf("after the first full state: agent %d got %v; want the other agent asked", g.i, g.msg)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second agent was never asked")
 	}
 }

@@ -242,6 +242,9 @@ type conn struct {
 	// sum is the hex token.Sum of the connection's token, recorded in
 	// the agent's record with the credential it proves.
 	sum string
+	// awaitingFull: the agent was asked for its full state by the
+	// fleet's queue (fullstate.go) and has not sent it.
+	awaitingFull atomic.Bool
 }
 
 // New creates the server.
@@ -283,7 +286,8 @@ func New(o Options) (*Server, error) {
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, recorded: map[[16]byte]recordedCredential{}, jobs: make(chan func())}
 	s.idle = sync.NewCond(&s.mu)
 	s.fullStates.wake = make(chan struct{}, 1)
-	s.fullStates.quiet, s.fullStates.maxWait = fullStateQuiet, fullStateMaxWait
+	s.fullStates.taken = make(chan struct{}, 1)
+	s.fullStates.quiet, s.fullStates.maxWait, s.fullStates.inFlight = fullStateQuiet, fullStateMaxWait, fullStateInFlight
 	s.stop = make(chan struct{})
 	go s.askFullStates(s.stop)
 	// Enough concurrent store calls for the group commit of agent
@@ -712,6 +716,9 @@ func (c *conn) onConnected(_ context.Context, tc types.Connection) { c.c = tc }
 
 func (c *conn) onClose(types.Connection) {
 	s := c.s
+	if c.awaitingFull.CompareAndSwap(true, false) {
+		s.fullStates.took()
+	}
 	if c.agentID == "" || !c.ws {
 		return
 	}
@@ -825,6 +832,9 @@ func (c *conn) onMessage(ctx context.Context, tc types.Connection, msg *protobuf
 		return c.fail("instance_uid changed within a connection")
 	}
 	id := c.agentID
+	if msg.AgentDescription != nil && c.awaitingFull.CompareAndSwap(true, false) {
+		s.fullStates.took()
+	}
 	resp := &protobufs.ServerToAgent{InstanceUid: msg.InstanceUid, Capabilities: serverCaps}
 	// Sequence gaps mean we missed state: ask for all of it.
 	first := !c.haveSeq
