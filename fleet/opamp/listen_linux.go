@@ -299,12 +299,17 @@ func (p *poller) readRequest(w *wsConn, scratch []byte) {
 		}
 	}
 	b := w.in
+	end := bytes.Index(b, []byte("\r\n\r\n"))
 	switch {
 	case !bytes.HasPrefix(b, opampGet[:min(len(b), len(opampGet))]),
 		len(b) > len(opampGet) && b[len(opampGet)] != ' ' && b[len(opampGet)] != '?',
-		len(b) > maxRequestBytes:
+		len(b) > maxRequestBytes,
+		end >= 0 && !upgradesToWebSocket(b[:end]):
+		// (A GET of the OpAMP path that asks for no WebSocket is
+		// net/http's, as before: opamp-go's plain-HTTP transport
+		// answers it, 401 for a bad token.)
 		go p.handOff(w)
-	case bytes.Contains(b, []byte("\r\n\r\n")):
+	case end >= 0:
 		select {
 		case p.requests <- w:
 		default: // a storm beyond the queue: a goroutine of its own
@@ -328,6 +333,18 @@ func (p *poller) upgrader() {
 			return
 		}
 	}
+}
+
+// upgradesToWebSocket reports whether a request's header block asks for
+// a WebSocket (an Upgrade header naming websocket).
+func upgradesToWebSocket(hdr []byte) bool {
+	for line := range bytes.SplitSeq(hdr, []byte("\r\n")) {
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(bytes.TrimSpace(k), []byte("Upgrade")) && bytes.EqualFold(bytes.TrimSpace(v), []byte("websocket")) {
+			return true
+		}
+	}
+	return false
 }
 
 // handOff gives a connection that is not an OpAMP WebSocket handshake to

@@ -74,6 +74,8 @@ func TestListenHandsOtherRequestsToNetHTTP(t *testing.T) {
 	}{
 		{"other path", "GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n", false, "HTTP/1.1 404"},
 		{"longer path", "GET " + Path + "x HTTP/1.1\r\nHost: x\r\n\r\n", false, "HTTP/1.1 404"},
+		// No Upgrade: opamp-go's plain-HTTP transport refuses the token.
+		{"opamp path, no upgrade", "GET " + Path + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n", false, "HTTP/1.1 401"},
 		{"post, one byte at a time", "POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", true, "HTTP/1.1 404"},
 		{"handshake, one byte at a time", handshakeRequest(f.boot), true, "HTTP/1.1 101"},
 	} {
