@@ -188,13 +188,7 @@ func (p *poller) armListener() error {
 	if p.lfd < 0 {
 		return nil
 	}
-	key := listenKey
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
-	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, p.lfd, &ev)
-	if errors.Is(err, unix.ENOENT) {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, p.lfd, &ev)
-	}
-	if err != nil {
+	if err := epollArm(p.epfd, p.lfd, unix.EPOLLIN|unix.EPOLLONESHOT, listenKey); err != nil {
 		return fmt.Errorf("epoll_ctl listening socket: %w", err)
 	}
 	return nil

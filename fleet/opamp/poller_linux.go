@@ -171,15 +171,21 @@ func (p *poller) arm(w *wsConn) error {
 		return nil
 	}
 	w.armed.Store(true)
-	ev := unix.EpollEvent{Events: pollEvents, Fd: int32(uint32(w.key)), Pad: int32(uint32(w.key >> 32))}
-	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, w.fd, &ev)
-	if errors.Is(err, unix.ENOENT) {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, w.fd, &ev)
-	}
-	if err != nil {
+	if err := epollArm(p.epfd, w.fd, pollEvents, w.key); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
 	return nil
+}
+
+// epollArm (re-)arms fd in the set for events under key; the first time
+// it adds it.
+func epollArm(epfd, fd int, events uint32, key uint64) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
+	err := unix.EpollCtl(epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	if errors.Is(err, unix.ENOENT) {
+		err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+	}
+	return err
 }
 
 // remove forgets a connection (before its socket is closed) and returns
