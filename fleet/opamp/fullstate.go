@@ -57,17 +57,27 @@ type fullStateQueue struct {
 	outstanding atomic.Int64
 	taken       chan struct{}
 
-	mu    sync.Mutex
-	conns []*conn
-	since []time.Time // when each was queued
-	wake  chan struct{}
+	mu     sync.Mutex
+	queued []queuedConn
+	wake   chan struct{}
+}
+
+// queuedConn is a connection waiting for its ask, and since when.
+type queuedConn struct {
+	c     *conn
+	since time.Time
+}
+
+// init readies the queue with the package's pace.
+func (q *fullStateQueue) init() {
+	q.quiet, q.maxWait, q.inFlight = fullStateQuiet, fullStateMaxWait, fullStateInFlight
+	q.wake, q.taken = make(chan struct{}, 1), make(chan struct{}, 1)
 }
 
 // push queues c.
 func (q *fullStateQueue) push(c *conn, now time.Time) {
 	q.mu.Lock()
-	q.conns = append(q.conns, c)
-	q.since = append(q.since, now)
+	q.queued = append(q.queued, queuedConn{c, now})
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -79,12 +89,15 @@ func (q *fullStateQueue) push(c *conn, now time.Time) {
 func (q *fullStateQueue) pop(n int) []*conn {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n = min(n, len(q.conns))
-	out := append([]*conn(nil), q.conns[:n]...)
-	clear(q.conns[:n])
-	q.conns, q.since = q.conns[n:], q.since[n:]
-	if len(q.conns) == 0 {
-		q.conns, q.since = nil, nil // let the storm's arrays go
+	n = min(n, len(q.queued))
+	out := make([]*conn, n)
+	for i, e := range q.queued[:n] {
+		out[i] = e.c
+	}
+	clear(q.queued[:n])
+	q.queued = q.queued[n:]
+	if len(q.queued) == 0 {
+		q.queued = nil // let the storm's array go
 	}
 	return out
 }
@@ -104,10 +117,10 @@ func (q *fullStateQueue) took() {
 func (q *fullStateQueue) oldest() (time.Time, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.since) == 0 {
+	if len(q.queued) == 0 {
 		return time.Time{}, false
 	}
-	return q.since[0], true
+	return q.queued[0].since, true
 }
 
 // askFullStates asks the queued agents for their full state (see the top

@@ -123,7 +123,7 @@ func TestFullStateAskSkipsReplacedConnection(t *testing.T) {
 	waitFor(t, "the old connection queued", func() bool {
 		srv.fullStates.mu.Lock()
 		defer srv.fullStates.mu.Unlock()
-		return len(srv.fullStates.conns) == 1
+		return len(srv.fullStates.queued) == 1
 	})
 	c := dialTo(t, url, cred)
 	sendMsg(t, c, &protobufs.AgentToServer{InstanceUid: uid, SequenceNum: 9})
@@ -139,7 +139,7 @@ func TestFullStateAskSkipsReplacedConnection(t *testing.T) {
 		return counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred") == 1
 	})
 	srv.fullStates.mu.Lock()
-	left := len(srv.fullStates.conns)
+	left := len(srv.fullStates.queued)
 	srv.fullStates.mu.Unlock()
 	if n := counterVec(t, reg, "fleetprof_opamp_full_state_requests_total", "deferred"); n != 1 || left != 0 {
 		t.Errorf("deferred full-state asks counted: %v, %d queued; want 1 (the new connection's only), none", n, left)

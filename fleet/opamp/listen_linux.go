@@ -373,11 +373,9 @@ func (s *Server) upgrade(w *wsConn) {
 	end := bytes.Index(w.in, []byte("\r\n\r\n")) + 4
 	var r request
 	r.remote = w.remote
-	var resp struct {
-		accepted bool
-		sc       *conn
-		cb       types.ConnectionCallbacks
-	}
+	// sc is the connection's state once accepted, cb its callbacks.
+	var sc *conn
+	var cb types.ConnectionCallbacks
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
 	u := ws.Upgrader{
@@ -397,7 +395,7 @@ func (s *Server) upgrade(w *wsConn) {
 			return nil
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			cr, sc := s.accept(ctx, r)
+			cr, c := s.accept(ctx, r)
 			if !cr.Accept {
 				hdr := http.Header{}
 				for k, v := range cr.HTTPResponseHeader {
@@ -406,7 +404,7 @@ func (s *Server) upgrade(w *wsConn) {
 				return nil, ws.RejectConnectionError(ws.RejectionStatus(cr.HTTPStatusCode), ws.RejectionHeader(ws.HandshakeHeaderHTTP(hdr)),
 					ws.RejectionReason(http.StatusText(cr.HTTPStatusCode)))
 			}
-			resp.accepted, resp.sc, resp.cb = true, sc, cr.ConnectionCallbacks
+			sc, cb = c, cr.ConnectionCallbacks
 			return ws.HandshakeHeaderString(""), nil
 		},
 	}
@@ -422,8 +420,8 @@ func (s *Server) upgrade(w *wsConn) {
 		werr = sendRaw(ctx, fd, out.Bytes(), s.o.WriteTimeout)
 	}
 	w.fdMu.RUnlock()
-	if uerr != nil || werr != nil || !resp.accepted || fd < 0 {
-		if resp.accepted {
+	if uerr != nil || werr != nil || sc == nil || fd < 0 {
+		if sc != nil {
 			s.log.Debug("websocket upgrade", zap.String("remote", w.remote), zap.Error(errors.Join(uerr, werr)))
 		}
 		_ = w.close(true)
@@ -440,9 +438,9 @@ func (s *Server) upgrade(w *wsConn) {
 	p.mu.Lock()
 	w.hs, w.partial, w.remote = false, false, ""
 	delete(p.partial, w)
-	w.onMessage, w.onClose, w.heartbeat = resp.cb.OnMessage, resp.cb.OnConnectionClose, resp.sc.heartbeat
+	w.onMessage, w.onClose, w.heartbeat = cb.OnMessage, cb.OnConnectionClose, sc.heartbeat
 	p.mu.Unlock()
-	resp.cb.OnConnected(ctx, w)
+	cb.OnConnected(ctx, w)
 	if len(w.in) > 0 {
 		p.first(w)
 		return

@@ -16,12 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// handshakeRequest is an agent's WebSocket handshake with tok.
-func handshakeRequest(tok string) string {
-	return "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + tok + "\r\n\r\n"
-}
-
 // TestListenTakesWebSocketHandshakes: on the listener Listen returns, an
 // agent's WebSocket handshake is read and upgraded by the poller (not
 // net/http), its socket set up from the listening socket's options; over

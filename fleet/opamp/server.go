@@ -285,9 +285,7 @@ func New(o Options) (*Server, error) {
 	o.Callbacks.SetDefaults()
 	s := &Server{o: o, log: o.Logger, conns: map[string]*conn{}, byJTI: map[string][]*conn{}, recorded: map[[16]byte]recordedCredential{}, jobs: make(chan func())}
 	s.idle = sync.NewCond(&s.mu)
-	s.fullStates.wake = make(chan struct{}, 1)
-	s.fullStates.taken = make(chan struct{}, 1)
-	s.fullStates.quiet, s.fullStates.maxWait, s.fullStates.inFlight = fullStateQuiet, fullStateMaxWait, fullStateInFlight
+	s.fullStates.init()
 	s.stop = make(chan struct{})
 	go s.askFullStates(s.stop)
 	// Enough concurrent store calls for the group commit of agent

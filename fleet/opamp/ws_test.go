@@ -82,6 +82,13 @@ func enrolled(t *testing.T, f *fixture, host string) string {
 	return strings.TrimPrefix(readMsg(t, c).GetConnectionSettings().GetOpamp().GetHeaders().GetHeaders()[0].GetValue(), "Bearer ")
 }
 
+// handshakeRequest is an agent's WebSocket handshake with tok, as bytes
+// on the wire.
+func handshakeRequest(tok string) string {
+	return "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + tok + "\r\n\r\n"
+}
+
 func enrollMsg(host string) *protobufs.AgentToServer {
 	return &protobufs.AgentToServer{InstanceUid: uid, AgentDescription: describe.Encode(describe.Agent{Platform: "systemd", Hostname: host})}
 }
@@ -232,8 +239,7 @@ func TestWebSocketDataWithHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	req := "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + f.boot + "\r\n\r\n"
+	req := handshakeRequest(f.boot)
 	data := append([]byte{0}, marshal(t, enrollMsg("eager"))...)
 	frame := []byte{0x82, 0x80 | 126, byte(len(data) >> 8), byte(len(data)), 0, 0, 0, 0}
 	if _, err := nc.Write(append([]byte(req), append(frame, data...)...)); err != nil {
@@ -366,8 +372,7 @@ func FuzzWebSocketFrames(f *testing.F) {
 	f.Add([]byte{0x82, 0x01, 0x00})
 	f.Add(frame(0x81, []byte("text")))
 	addr := strings.TrimPrefix(fx.http.URL, "http://")
-	req := "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + fx.boot + "\r\n\r\n"
+	req := handshakeRequest(fx.boot)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		nc, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -440,8 +445,7 @@ func TestWebSocketFrameInPieces(t *testing.T) {
 	stream = append(stream, maskedFrame(false, 0x2, data[:half])...)
 	stream = append(stream, maskedFrame(true, 0x9, []byte("mid"))...)
 	stream = append(stream, maskedFrame(true, 0x0, data[half:])...)
-	req := "GET " + Path + " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer " + f.boot + "\r\n\r\n"
+	req := handshakeRequest(f.boot)
 	if _, err := nc.Write(append([]byte(req), stream[:3]...)); err != nil {
 		t.Fatal(err)
 	}
